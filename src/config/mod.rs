@@ -1,0 +1,364 @@
+//! Configuration: YAML file -> serde schema -> validated, typed runtime config.
+//!
+//! Two steps, as vector and linkerd do: serde parses each section on its own (so one bad route
+//! does not hide the next), then [`validate`] checks meaning. Both collect **every** problem with
+//! its YAML path; `seawall validate` prints them one per line.
+
+mod env;
+mod schema;
+mod validate;
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use http::Method;
+use serde::de::DeserializeOwned;
+use serde_yaml_ng::Value;
+
+pub use env::{EnvLookup, ProcessEnv};
+
+use crate::routing::{PathTemplate, RewriteTemplate, Router};
+
+/// Defaults named once; the contract lists them.
+pub mod defaults {
+    pub const GRACE_PERIOD_SECS: u64 = 30;
+    pub const CONNECT_TIMEOUT_MS: u64 = 1000;
+    pub const RETRIES: u32 = 0;
+    pub const MAX_BODY_BYTES: u64 = 1024 * 1024;
+    pub const UPSTREAM_KEEPALIVE_POOL_SIZE: usize = 4096;
+    pub const LOG_LEVEL: &str = "info";
+    /// The longest Genesys data-action timeout: a route deadline above it is never useful.
+    pub const MAX_ROUTE_TIMEOUT_MS: u64 = 60_000;
+    pub const MAX_RETRIES: u32 = 10;
+}
+
+/// One problem in a config, located by its YAML path (and line/column where the parser knows it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub path: String,
+    pub message: String,
+    pub location: Option<(usize, usize)>,
+}
+
+impl ConfigError {
+    pub fn at(path: impl Into<String>, message: impl Into<String>) -> Self {
+        ConfigError {
+            path: path.into(),
+            message: message.into(),
+            location: None,
+        }
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.path.is_empty() {
+            write!(f, "{}", self.message)?;
+        } else {
+            write!(f, "`{}`: {}", self.path, self.message)?;
+        }
+        if let Some((line, column)) = self.location {
+            write!(f, " (line {line}, column {column})")?;
+        }
+        Ok(())
+    }
+}
+
+/// The validated config the gateway runs on. Everything is typed and checked; nothing here is
+/// parsed again on the request path.
+pub struct Config {
+    pub server: ServerSettings,
+    pub logging: LoggingSettings,
+    pub listeners: Vec<ListenerConfig>,
+    pub admin: AdminConfig,
+    pub upstreams: Vec<UpstreamConfig>,
+    pub routes: Vec<RouteConfig>,
+    pub router: Router,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerSettings {
+    pub threads: usize,
+    pub grace_period: Duration,
+    pub upstream_keepalive_pool_size: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone)]
+pub struct LoggingSettings {
+    pub level: String,
+    pub format: LogFormat,
+    pub access_log: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct ListenerConfig {
+    pub name: String,
+    pub address: SocketAddr,
+}
+
+#[derive(Debug, Clone)]
+pub struct AdminConfig {
+    pub address: SocketAddr,
+}
+
+#[derive(Debug, Clone)]
+pub struct UpstreamConfig {
+    pub name: String,
+    pub targets: Vec<SocketAddr>,
+    /// The `Host` header sent upstream: the first target as written (`host:port`).
+    pub host: String,
+    pub tls: Option<UpstreamTls>,
+    pub connect_timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct UpstreamTls {
+    pub sni: String,
+    pub ca: Option<PathBuf>,
+    pub client_cert: Option<(PathBuf, PathBuf)>,
+}
+
+#[derive(Debug, Clone)]
+pub struct RouteConfig {
+    pub id: String,
+    /// `None`: any method.
+    pub methods: Option<Vec<Method>>,
+    pub path: PathTemplate,
+    /// Index into [`Config::upstreams`].
+    pub upstream: usize,
+    pub upstream_path: Option<RewriteTemplate>,
+    pub forward_query: bool,
+    pub timeout: Duration,
+    pub retries: u32,
+    pub max_body_bytes: u64,
+}
+
+/// Reads and validates a config file. Relative paths inside it are taken from the working
+/// directory, as the contract says.
+pub fn load_file(path: &Path, env: &dyn EnvLookup) -> Result<Config, Vec<ConfigError>> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        vec![ConfigError::at(
+            "",
+            format!("cannot read config file `{}`: {e}", path.display()),
+        )]
+    })?;
+    load_str(&text, env)
+}
+
+/// Parses and validates config text.
+pub fn load_str(text: &str, env: &dyn EnvLookup) -> Result<Config, Vec<ConfigError>> {
+    let mut errors = Vec::new();
+    let mut tree: Value = match serde_yaml_ng::from_str(text) {
+        Ok(Value::Null) => return Err(vec![ConfigError::at("", "the config is empty")]),
+        Ok(tree) => tree,
+        Err(e) => {
+            let location = e.location().map(|l| (l.line(), l.column()));
+            return Err(vec![ConfigError {
+                path: String::new(),
+                message: format!("not valid YAML: {e}"),
+                location,
+            }]);
+        }
+    };
+    env::expand_tree(&mut tree, "", env, &mut errors);
+    let file = parse_sections(tree, &mut errors);
+    let config = file.and_then(|file| validate::validate(file, &mut errors));
+    if errors.is_empty() {
+        if let Some(config) = config {
+            return Ok(config);
+        }
+    }
+    add_locations(text, &mut errors);
+    Err(errors)
+}
+
+/// Deserializes each section, and each list or map element, on its own so that every schema
+/// error is reported, not only the first.
+fn parse_sections(tree: Value, errors: &mut Vec<ConfigError>) -> Option<schema::FileConfig> {
+    let Value::Mapping(map) = tree else {
+        errors.push(ConfigError::at(
+            "",
+            "the config must be a YAML mapping of sections",
+        ));
+        return None;
+    };
+    let mut sections = std::collections::HashMap::new();
+    for (key, value) in map {
+        let name = env::key_name(&key);
+        if schema::TOP_LEVEL_KEYS.contains(&name.as_str()) {
+            sections.insert(name, value);
+        } else {
+            errors.push(ConfigError::at(
+                name.clone(),
+                format!(
+                    "unknown section `{name}`, expected one of: {}",
+                    schema::TOP_LEVEL_KEYS.join(", ")
+                ),
+            ));
+        }
+    }
+    let before = errors.len();
+    let server = optional(sections.remove("server"), "server", errors).unwrap_or_default();
+    let logging = optional(sections.remove("logging"), "logging", errors).unwrap_or_default();
+    let listeners = match sections.remove("listeners") {
+        Some(v) => list(v, "listeners", errors),
+        None => {
+            errors.push(ConfigError::at(
+                "listeners",
+                "required: at least one listener",
+            ));
+            Vec::new()
+        }
+    };
+    let admin = match sections.remove("admin") {
+        Some(v) => section(v, "admin", errors),
+        None => {
+            errors.push(ConfigError::at(
+                "admin",
+                "required: the admin listener (`admin.address`)",
+            ));
+            None
+        }
+    };
+    let upstreams = match sections.remove("upstreams") {
+        Some(Value::Null) | None => Default::default(),
+        Some(Value::Mapping(map)) => {
+            let mut out = std::collections::BTreeMap::new();
+            for (key, value) in map {
+                let name = env::key_name(&key);
+                if let Some(u) = section(value, &format!("upstreams.{name}"), errors) {
+                    out.insert(name, u);
+                }
+            }
+            out
+        }
+        Some(_) => {
+            errors.push(ConfigError::at(
+                "upstreams",
+                "must be a mapping of upstream name to settings",
+            ));
+            Default::default()
+        }
+    };
+    let routes = match sections.remove("routes") {
+        Some(v) => list(v, "routes", errors),
+        None => Vec::new(),
+    };
+    let admin = admin?;
+    if errors.len() > before {
+        // Semantic checks on a half-parsed file would mostly repeat these errors.
+        return None;
+    }
+    Some(schema::FileConfig {
+        server,
+        logging,
+        listeners,
+        admin,
+        upstreams,
+        routes,
+    })
+}
+
+fn section<T: DeserializeOwned>(
+    value: Value,
+    path: &str,
+    errors: &mut Vec<ConfigError>,
+) -> Option<T> {
+    match serde_path_to_error::deserialize::<_, T>(value) {
+        Ok(v) => Some(v),
+        Err(e) => {
+            let inner = e.path().to_string();
+            let full = if inner == "." || inner.is_empty() {
+                path.to_string()
+            } else if inner.starts_with('[') {
+                format!("{path}{inner}")
+            } else {
+                format!("{path}.{inner}")
+            };
+            errors.push(ConfigError::at(full, schema_message(e.into_inner())));
+            None
+        }
+    }
+}
+
+fn optional<T: DeserializeOwned>(
+    value: Option<Value>,
+    path: &str,
+    errors: &mut Vec<ConfigError>,
+) -> Option<T> {
+    match value {
+        None | Some(Value::Null) => None,
+        Some(v) => section(v, path, errors),
+    }
+}
+
+fn list<T: DeserializeOwned>(value: Value, path: &str, errors: &mut Vec<ConfigError>) -> Vec<T> {
+    match value {
+        Value::Null => Vec::new(),
+        Value::Sequence(items) => items
+            .into_iter()
+            .enumerate()
+            .filter_map(|(i, item)| section(item, &format!("{path}[{i}]"), errors))
+            .collect(),
+        _ => {
+            errors.push(ConfigError::at(path, "must be a list"));
+            Vec::new()
+        }
+    }
+}
+
+/// serde's messages, with the untagged enums' vague one replaced by what is accepted.
+fn schema_message(e: serde_yaml_ng::Error) -> String {
+    let message = e.to_string();
+    if message.starts_with("data did not match any variant of untagged enum Methods") {
+        return "must be a method name or a list of method names".to_string();
+    }
+    if message.starts_with("data did not match any variant of untagged enum UpstreamTlsSection") {
+        return "must be `false`, `true` or a map with `sni`, `ca`, `client_cert`, `client_key`"
+            .to_string();
+    }
+    message
+}
+
+/// Attaches a line and column to errors when a typed whole-file parse of the text points at the
+/// same path (serde stops at its first error, so this locates at most one).
+fn add_locations(text: &str, errors: &mut [ConfigError]) {
+    let deserializer = serde_yaml_ng::Deserializer::from_str(text);
+    if let Err(e) = serde_path_to_error::deserialize::<_, schema::FileConfig>(deserializer) {
+        let path = e.path().to_string();
+        let location = e.inner().location().map(|l| (l.line(), l.column()));
+        if let Some(location) = location {
+            if let Some(err) = errors
+                .iter_mut()
+                .find(|err| err.path == path && err.location.is_none())
+            {
+                err.location = Some(location);
+            }
+        }
+    }
+}
+
+impl Config {
+    pub fn upstream(&self, index: usize) -> &UpstreamConfig {
+        &self.upstreams[index]
+    }
+
+    /// A one-line summary for `seawall validate` and the start-up log.
+    pub fn summary(&self) -> String {
+        format!(
+            "{} listener(s), {} upstream(s), {} route(s); admin on {}",
+            self.listeners.len(),
+            self.upstreams.len(),
+            self.routes.len(),
+            self.admin.address
+        )
+    }
+}

@@ -1,0 +1,151 @@
+//! The YAML file as written by users: serde types only, no policy.
+//!
+//! Every struct rejects unknown keys; defaults live in `super::defaults` as named constants.
+//! `super::validate` turns these into the typed runtime config.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerSection {
+    pub threads: Option<usize>,
+    pub grace_period_secs: Option<u64>,
+    /// Idle upstream connections kept for reuse, per process. Must follow the client
+    /// concurrency: a pool smaller than it opens a new upstream connection per request.
+    pub upstream_keepalive_pool_size: Option<usize>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoggingSection {
+    pub level: Option<String>,
+    pub format: Option<String>,
+    pub access_log: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerSection {
+    pub name: String,
+    pub address: String,
+    pub tls: Option<ListenerTlsSection>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerTlsSection {
+    pub cert: String,
+    pub key: String,
+    pub client_auth: Option<ClientAuthSection>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientAuthSection {
+    pub mode: String,
+    #[serde(default)]
+    pub ca: Vec<String>,
+    #[serde(default)]
+    pub crl: Vec<String>,
+    #[serde(default)]
+    pub allowed_names: Vec<String>,
+    #[serde(default)]
+    pub pinned_sha256: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminSection {
+    pub address: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamSection {
+    pub targets: Vec<String>,
+    #[serde(default)]
+    pub tls: UpstreamTlsSection,
+    pub connect_timeout_ms: Option<u64>,
+}
+
+/// `tls: false` / `tls: true` or a map, which turns TLS on.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum UpstreamTlsSection {
+    Enabled(bool),
+    Settings(UpstreamTlsSettings),
+}
+
+impl Default for UpstreamTlsSection {
+    fn default() -> Self {
+        UpstreamTlsSection::Enabled(false)
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamTlsSettings {
+    pub sni: Option<String>,
+    pub ca: Option<String>,
+    pub client_cert: Option<String>,
+    pub client_key: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteSection {
+    pub id: String,
+    #[serde(rename = "match")]
+    pub matcher: MatchSection,
+    pub upstream: Option<String>,
+    pub mediation: Option<String>,
+    pub upstream_path: Option<String>,
+    #[serde(default)]
+    pub forward_query: bool,
+    pub timeout_ms: u64,
+    pub retries: Option<u32>,
+    pub max_body_bytes: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MatchSection {
+    pub method: Option<Methods>,
+    pub path: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum Methods {
+    One(String),
+    Many(Vec<String>),
+}
+
+/// The sections a file may hold, in the order they are checked.
+pub const TOP_LEVEL_KEYS: &[&str] = &[
+    "server",
+    "logging",
+    "listeners",
+    "admin",
+    "upstreams",
+    "routes",
+];
+
+/// Kept for the typed whole-file parse that gives the first error its line and column.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+pub struct FileConfig {
+    #[serde(default)]
+    pub server: ServerSection,
+    #[serde(default)]
+    pub logging: LoggingSection,
+    pub listeners: Vec<ListenerSection>,
+    pub admin: AdminSection,
+    #[serde(default)]
+    pub upstreams: BTreeMap<String, UpstreamSection>,
+    #[serde(default)]
+    pub routes: Vec<RouteSection>,
+}

@@ -1,0 +1,514 @@
+//! Semantic checks: the parsed file -> typed [`Config`], every problem collected with its path.
+
+use std::collections::HashSet;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use http::Method;
+
+use super::schema::{self, FileConfig, Methods, UpstreamTlsSection};
+use super::{
+    defaults, AdminConfig, Config, ConfigError, ListenerConfig, LogFormat, LoggingSettings,
+    RouteConfig, ServerSettings, UpstreamConfig, UpstreamTls,
+};
+use crate::routing::{PathTemplate, RewriteTemplate, RouteSpec, Router};
+
+pub(super) fn validate(file: FileConfig, errors: &mut Vec<ConfigError>) -> Option<Config> {
+    let mut err = |path: String, message: String| errors.push(ConfigError::at(path, message));
+
+    let server = server(&file.server, &mut err);
+    let logging = logging(&file.logging, &mut err);
+
+    if file.listeners.is_empty() {
+        err("listeners".into(), "required: at least one listener".into());
+    }
+    let mut listeners = Vec::new();
+    let mut names = HashSet::new();
+    let mut addresses = HashSet::new();
+    for (i, l) in file.listeners.iter().enumerate() {
+        let path = format!("listeners[{i}]");
+        if l.name.trim().is_empty() {
+            err(format!("{path}.name"), "must not be empty".into());
+        } else if !names.insert(l.name.as_str()) {
+            err(
+                format!("{path}.name"),
+                format!("duplicate listener name `{}`", l.name),
+            );
+        }
+        if let Some(tls) = &l.tls {
+            check_file(&tls.cert, &format!("{path}.tls.cert"), &mut err);
+            check_file(&tls.key, &format!("{path}.tls.key"), &mut err);
+            if let Some(auth) = &tls.client_auth {
+                if !["required", "optional"].contains(&auth.mode.as_str()) {
+                    err(
+                        format!("{path}.tls.client_auth.mode"),
+                        format!("`{}` is not one of required, optional", auth.mode),
+                    );
+                }
+                for (j, pin) in auth.pinned_sha256.iter().enumerate() {
+                    let hex: String = pin.chars().filter(|c| *c != ':').collect();
+                    if hex.len() != 64 || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
+                        err(
+                            format!("{path}.tls.client_auth.pinned_sha256[{j}]"),
+                            "must be a SHA-256 fingerprint: 64 hex digits (colons allowed)".into(),
+                        );
+                    }
+                }
+                for (j, name) in auth.allowed_names.iter().enumerate() {
+                    if name.trim().is_empty() {
+                        err(
+                            format!("{path}.tls.client_auth.allowed_names[{j}]"),
+                            "must not be empty".into(),
+                        );
+                    }
+                }
+                for (j, ca) in auth.ca.iter().enumerate() {
+                    check_file(ca, &format!("{path}.tls.client_auth.ca[{j}]"), &mut err);
+                }
+                for (j, crl) in auth.crl.iter().enumerate() {
+                    check_file(crl, &format!("{path}.tls.client_auth.crl[{j}]"), &mut err);
+                }
+            }
+            err(
+                format!("{path}.tls"),
+                "TLS listeners are not supported by this version yet; terminate TLS in front of Seawall or omit `tls`"
+                    .into(),
+            );
+        }
+        match socket_addr(&l.address) {
+            Ok(address) => {
+                if !addresses.insert(address) {
+                    err(
+                        format!("{path}.address"),
+                        format!("address `{address}` is used by another listener"),
+                    );
+                }
+                listeners.push(ListenerConfig {
+                    name: l.name.clone(),
+                    address,
+                });
+            }
+            Err(message) => err(format!("{path}.address"), message),
+        }
+    }
+
+    let admin = match socket_addr(&file.admin.address) {
+        Ok(address) => {
+            if addresses.contains(&address) {
+                err(
+                    "admin.address".into(),
+                    format!("`{address}` is also a public listener: the admin API must never be on a public listener"),
+                );
+            }
+            Some(AdminConfig { address })
+        }
+        Err(message) => {
+            err("admin.address".into(), message);
+            None
+        }
+    };
+
+    let mut upstreams = Vec::new();
+    for (name, u) in &file.upstreams {
+        if let Some(upstream) = upstream(name, u, &mut err) {
+            upstreams.push(upstream);
+        }
+    }
+
+    let mut routes = Vec::new();
+    let mut ids = HashSet::new();
+    // Index of each route in `file.routes`, to name router errors by their YAML path.
+    let mut positions = Vec::new();
+    for (i, r) in file.routes.iter().enumerate() {
+        let path = format!("routes[{i}]");
+        if !is_identifier(&r.id) {
+            err(
+                format!("{path}.id"),
+                format!(
+                    "`{}` is not a valid route id (letters, digits, `_`, `-`, `.`; at most 64)",
+                    r.id
+                ),
+            );
+        } else if !ids.insert(r.id.as_str()) {
+            err(
+                format!("{path}.id"),
+                format!("duplicate route id `{}`", r.id),
+            );
+        }
+        if let Some(route) = route(&path, r, &file, &upstreams, &mut err) {
+            routes.push(route);
+            positions.push(i);
+        }
+    }
+
+    let specs: Vec<RouteSpec> = routes
+        .iter()
+        .map(|r: &RouteConfig| RouteSpec {
+            id: &r.id,
+            methods: r.methods.clone(),
+            template: &r.path,
+        })
+        .collect();
+    let router = match Router::build(&specs) {
+        Ok(router) => Some(router),
+        Err(conflicts) => {
+            for (index, message) in conflicts {
+                err(format!("routes[{}].match.path", positions[index]), message);
+            }
+            None
+        }
+    };
+
+    if !errors.is_empty() {
+        return None;
+    }
+    Some(Config {
+        server,
+        logging,
+        listeners,
+        admin: admin?,
+        upstreams,
+        routes,
+        router: router?,
+    })
+}
+
+fn server(s: &schema::ServerSection, err: &mut impl FnMut(String, String)) -> ServerSettings {
+    let threads = match s.threads {
+        Some(0) => {
+            err("server.threads".into(), "must be at least 1".into());
+            1
+        }
+        Some(n) if n > 256 => {
+            err("server.threads".into(), format!("{n} is more than 256"));
+            1
+        }
+        Some(n) => n,
+        None => std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1),
+    };
+    let grace = s.grace_period_secs.unwrap_or(defaults::GRACE_PERIOD_SECS);
+    if grace > 3600 {
+        err(
+            "server.grace_period_secs".into(),
+            format!("{grace} is more than an hour"),
+        );
+    }
+    let pool = s
+        .upstream_keepalive_pool_size
+        .unwrap_or(defaults::UPSTREAM_KEEPALIVE_POOL_SIZE);
+    if pool == 0 {
+        err(
+            "server.upstream_keepalive_pool_size".into(),
+            "must be at least 1 (0 would open a new upstream connection per request)".into(),
+        );
+    }
+    ServerSettings {
+        threads,
+        grace_period: Duration::from_secs(grace),
+        upstream_keepalive_pool_size: pool,
+    }
+}
+
+fn logging(l: &schema::LoggingSection, err: &mut impl FnMut(String, String)) -> LoggingSettings {
+    let level = l
+        .level
+        .clone()
+        .unwrap_or_else(|| defaults::LOG_LEVEL.to_string());
+    if !["error", "warn", "info", "debug", "trace"].contains(&level.as_str()) {
+        err(
+            "logging.level".into(),
+            format!("`{level}` is not one of error, warn, info, debug, trace"),
+        );
+    }
+    let format = match l.format.as_deref() {
+        None | Some("text") => LogFormat::Text,
+        Some("json") => LogFormat::Json,
+        Some(other) => {
+            err(
+                "logging.format".into(),
+                format!("`{other}` is not one of text, json"),
+            );
+            LogFormat::Text
+        }
+    };
+    LoggingSettings {
+        level,
+        format,
+        access_log: l.access_log.unwrap_or(true),
+    }
+}
+
+fn upstream(
+    name: &str,
+    u: &schema::UpstreamSection,
+    err: &mut impl FnMut(String, String),
+) -> Option<UpstreamConfig> {
+    let path = format!("upstreams.{name}");
+    let mut ok = true;
+    if !is_identifier(name) {
+        err(
+            path.clone(),
+            format!("`{name}` is not a valid upstream name (letters, digits, `_`, `-`, `.`)"),
+        );
+        ok = false;
+    }
+    if u.targets.is_empty() {
+        err(
+            format!("{path}.targets"),
+            "required: at least one `host:port`".into(),
+        );
+        ok = false;
+    }
+    let mut targets = Vec::new();
+    for (i, t) in u.targets.iter().enumerate() {
+        match resolve(t) {
+            Ok(addr) => targets.push(addr),
+            Err(message) => {
+                err(format!("{path}.targets[{i}]"), message);
+                ok = false;
+            }
+        }
+    }
+    let connect_ms = u.connect_timeout_ms.unwrap_or(defaults::CONNECT_TIMEOUT_MS);
+    if connect_ms == 0 || connect_ms > defaults::MAX_ROUTE_TIMEOUT_MS {
+        err(
+            format!("{path}.connect_timeout_ms"),
+            format!("{connect_ms} must be between 1 and 60000"),
+        );
+        ok = false;
+    }
+    let host = u.targets.first().cloned().unwrap_or_default();
+    let tls = match &u.tls {
+        UpstreamTlsSection::Enabled(false) => None,
+        UpstreamTlsSection::Enabled(true) => Some(UpstreamTls {
+            sni: host_part(&host),
+            ca: None,
+            client_cert: None,
+        }),
+        UpstreamTlsSection::Settings(s) => {
+            let file = |value: &Option<String>, key: &str, err: &mut dyn FnMut(String, String)| {
+                value.as_ref().and_then(|f| {
+                    let key_path = format!("{path}.tls.{key}");
+                    check_file(f, &key_path, err).then(|| PathBuf::from(f))
+                })
+            };
+            let ca = file(&s.ca, "ca", err);
+            let cert = file(&s.client_cert, "client_cert", err);
+            let key = file(&s.client_key, "client_key", err);
+            if s.client_cert.is_some() != s.client_key.is_some() {
+                err(
+                    format!("{path}.tls"),
+                    "`client_cert` and `client_key` go together".into(),
+                );
+                ok = false;
+            }
+            Some(UpstreamTls {
+                sni: s.sni.clone().unwrap_or_else(|| host_part(&host)),
+                ca,
+                client_cert: cert.zip(key),
+            })
+        }
+    };
+    ok.then(|| UpstreamConfig {
+        name: name.to_string(),
+        targets,
+        host,
+        tls,
+        connect_timeout: Duration::from_millis(connect_ms),
+    })
+}
+
+fn route(
+    path: &str,
+    r: &schema::RouteSection,
+    file: &FileConfig,
+    upstreams: &[UpstreamConfig],
+    err: &mut impl FnMut(String, String),
+) -> Option<RouteConfig> {
+    let mut ok = true;
+    let template = match PathTemplate::parse(&r.matcher.path) {
+        Ok(t) => Some(t),
+        Err(message) => {
+            err(format!("{path}.match.path"), message);
+            None
+        }
+    };
+    let methods = match &r.matcher.method {
+        None => None,
+        Some(m) => {
+            let names: Vec<&String> = match m {
+                Methods::One(one) => vec![one],
+                Methods::Many(many) => many.iter().collect(),
+            };
+            if names.is_empty() {
+                err(
+                    format!("{path}.match.method"),
+                    "an empty list matches nothing; omit it to match any method".into(),
+                );
+                ok = false;
+            }
+            let mut parsed = Vec::new();
+            for name in names {
+                let upper = name.to_ascii_uppercase();
+                match Method::from_bytes(upper.as_bytes()) {
+                    Ok(m) if !upper.is_empty() => parsed.push(m),
+                    _ => {
+                        err(
+                            format!("{path}.match.method"),
+                            format!("`{name}` is not an HTTP method"),
+                        );
+                        ok = false;
+                    }
+                }
+            }
+            Some(parsed)
+        }
+    };
+    let upstream = match (&r.upstream, &r.mediation) {
+        (_, Some(_)) => {
+            err(
+                format!("{path}.mediation"),
+                "mediations (SOAP/SQL) are not supported by this version yet".into(),
+            );
+            None
+        }
+        (None, None) => {
+            err(
+                path.to_string(),
+                "required: `upstream` (or `mediation`)".into(),
+            );
+            None
+        }
+        (Some(name), None) => match upstreams.iter().position(|u| &u.name == name) {
+            Some(i) => Some(i),
+            None => {
+                if !file.upstreams.contains_key(name) {
+                    let known: Vec<&str> = file.upstreams.keys().map(String::as_str).collect();
+                    err(
+                        format!("{path}.upstream"),
+                        format!(
+                            "refers to unknown upstream `{name}` (known: {})",
+                            list_or_none(&known)
+                        ),
+                    );
+                }
+                None
+            }
+        },
+    };
+    let upstream_path = match (&r.upstream_path, &template) {
+        (Some(p), Some(t)) => match RewriteTemplate::parse(p, t) {
+            Ok(rewrite) => Some(rewrite),
+            Err(message) => {
+                err(format!("{path}.upstream_path"), message);
+                ok = false;
+                None
+            }
+        },
+        _ => None,
+    };
+    if r.timeout_ms == 0 {
+        err(
+            format!("{path}.timeout_ms"),
+            "0 is not a deadline: give the whole-request deadline in ms (1 to 60000)".into(),
+        );
+        ok = false;
+    } else if r.timeout_ms > defaults::MAX_ROUTE_TIMEOUT_MS {
+        err(
+            format!("{path}.timeout_ms"),
+            format!(
+                "{} ms is above 60000, the longest Genesys data-action timeout: the caller would give up first",
+                r.timeout_ms
+            ),
+        );
+        ok = false;
+    }
+    let retries = r.retries.unwrap_or(defaults::RETRIES);
+    if retries > defaults::MAX_RETRIES {
+        err(
+            format!("{path}.retries"),
+            format!("{retries} is more than {}", defaults::MAX_RETRIES),
+        );
+        ok = false;
+    }
+    let max_body_bytes = r.max_body_bytes.unwrap_or(defaults::MAX_BODY_BYTES);
+    if !ok {
+        return None;
+    }
+    Some(RouteConfig {
+        id: r.id.clone(),
+        methods,
+        path: template?,
+        upstream: upstream?,
+        upstream_path,
+        forward_query: r.forward_query,
+        timeout: Duration::from_millis(r.timeout_ms),
+        retries,
+        max_body_bytes,
+    })
+}
+
+fn is_identifier(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && !s.starts_with('_')
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+}
+
+fn socket_addr(s: &str) -> Result<SocketAddr, String> {
+    s.parse::<SocketAddr>()
+        .map_err(|_| format!("`{s}` is not an `ip:port` address (e.g. 0.0.0.0:8080 or [::]:8080)"))
+}
+
+/// Resolves `host:port` once, at start-up.
+fn resolve(target: &str) -> Result<SocketAddr, String> {
+    if let Ok(addr) = target.parse::<SocketAddr>() {
+        return Ok(addr);
+    }
+    if !target.contains(':') {
+        return Err(format!("`{target}` needs a port (`host:port`)"));
+    }
+    match target.to_socket_addrs() {
+        Ok(mut addrs) => addrs
+            .next()
+            .ok_or_else(|| format!("`{target}` resolves to no address")),
+        Err(e) => Err(format!("cannot resolve `{target}`: {e}")),
+    }
+}
+
+fn host_part(target: &str) -> String {
+    match target.rsplit_once(':') {
+        Some((host, _)) => host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string(),
+        None => target.to_string(),
+    }
+}
+
+/// True when the file exists and is readable; otherwise records why.
+fn check_file(file: &str, path: &str, err: &mut dyn FnMut(String, String)) -> bool {
+    match std::fs::metadata(Path::new(file)) {
+        Ok(m) if m.is_file() => true,
+        Ok(_) => {
+            err(path.to_string(), format!("`{file}` is not a file"));
+            false
+        }
+        Err(e) => {
+            err(path.to_string(), format!("cannot read `{file}`: {e}"));
+            false
+        }
+    }
+}
+
+fn list_or_none(items: &[&str]) -> String {
+    if items.is_empty() {
+        "none".to_string()
+    } else {
+        items.join(", ")
+    }
+}

@@ -1,0 +1,160 @@
+//! The demo's simulated legacy CRM: a few ms per lookup, slower beyond its capacity, one
+//! account that hangs, and a count of the queries it served (so the demo can show what reached
+//! the backend). Served by a Pingora service on its own loopback port.
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use http::{Method, Response, StatusCode};
+use pingora::apps::http_app::ServeHttp;
+use pingora::protocols::http::ServerSession;
+
+/// Concurrent lookups the CRM handles at full speed.
+pub const CAPACITY: usize = 8;
+/// Added per lookup over capacity: the CRM slows down instead of refusing, like real ones do.
+const OVERLOAD_PENALTY: Duration = Duration::from_millis(25);
+/// The account whose lookup never finishes (in demo time).
+pub const HANGING_ACCOUNT: &str = "hang";
+const HANG: Duration = Duration::from_secs(120);
+const MAX_NOTE_BYTES: usize = 64 * 1024;
+
+#[derive(Default)]
+pub struct CrmStats {
+    pub queries: AtomicU64,
+    pub inflight: AtomicUsize,
+}
+
+pub struct SimulatedCrm {
+    pub stats: Arc<CrmStats>,
+}
+
+struct InflightGuard<'a>(&'a AtomicUsize);
+
+impl Drop for InflightGuard<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+fn json(status: StatusCode, body: serde_json::Value) -> Response<Vec<u8>> {
+    let body = serde_json::to_vec(&body).unwrap_or_default();
+    Response::builder()
+        .status(status)
+        .header("content-type", "application/json")
+        .header("content-length", body.len())
+        .body(body)
+        .unwrap_or_default()
+}
+
+/// A stable, made-up account for a numeric id.
+fn account(id: &str) -> serde_json::Value {
+    let n: u64 = id
+        .bytes()
+        .fold(7, |h, b| h.wrapping_mul(31).wrapping_add(b as u64));
+    let names = [
+        "Ada Lovelace",
+        "Grace Hopper",
+        "Alan Turing",
+        "Katherine Johnson",
+        "Edsger Dijkstra",
+    ];
+    serde_json::json!({
+        "accountId": id,
+        "name": names[(n % names.len() as u64) as usize],
+        "balance": format!("{}.{:02}", n % 10_000, n % 100),
+        "currency": "USD",
+        "tier": n % 4,
+    })
+}
+
+#[async_trait]
+impl ServeHttp for SimulatedCrm {
+    async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        let path = session.req_header().uri.path().to_string();
+        let method = session.req_header().method.clone();
+        if path == "/crm/stats" {
+            return json(
+                StatusCode::OK,
+                serde_json::json!({
+                    "queries": self.stats.queries.load(Ordering::Relaxed),
+                    "inflight": self.stats.inflight.load(Ordering::Relaxed),
+                }),
+            );
+        }
+        let Some(rest) = path.strip_prefix("/crm/accounts/") else {
+            return json(
+                StatusCode::NOT_FOUND,
+                serde_json::json!({"error": "no such resource"}),
+            );
+        };
+        let (id, notes) = match rest.split_once('/') {
+            Some((id, "notes")) => (id.to_string(), true),
+            Some(_) => {
+                return json(
+                    StatusCode::NOT_FOUND,
+                    serde_json::json!({"error": "no such resource"}),
+                )
+            }
+            None => (rest.to_string(), false),
+        };
+
+        self.stats.queries.fetch_add(1, Ordering::Relaxed);
+        let inflight = self.stats.inflight.fetch_add(1, Ordering::Relaxed) + 1;
+        let _guard = InflightGuard(&self.stats.inflight);
+        let over = inflight.saturating_sub(CAPACITY) as u32;
+        let work = Duration::from_millis(3 + fastrand::u64(..5)) + OVERLOAD_PENALTY * over;
+        if id == HANGING_ACCOUNT {
+            tokio::time::sleep(HANG).await;
+        }
+        tokio::time::sleep(work).await;
+
+        match (method, notes) {
+            (Method::GET, false) if !id.is_empty() && id.bytes().all(|b| b.is_ascii_digit()) => {
+                json(StatusCode::OK, account(&id))
+            }
+            (Method::GET, false) => json(
+                StatusCode::NOT_FOUND,
+                serde_json::json!({"error": "account not found"}),
+            ),
+            (Method::POST, true) => {
+                let mut body = Vec::new();
+                loop {
+                    match session.read_request_body().await {
+                        Ok(Some(chunk)) if body.len() + chunk.len() <= MAX_NOTE_BYTES => {
+                            body.extend_from_slice(&chunk)
+                        }
+                        Ok(Some(_)) => {
+                            return json(
+                                StatusCode::PAYLOAD_TOO_LARGE,
+                                serde_json::json!({"error": "note too long"}),
+                            )
+                        }
+                        Ok(None) => break,
+                        Err(_) => {
+                            return json(
+                                StatusCode::BAD_REQUEST,
+                                serde_json::json!({"error": "unreadable body"}),
+                            )
+                        }
+                    }
+                }
+                match serde_json::from_slice::<serde_json::Value>(&body) {
+                    Ok(note) => json(
+                        StatusCode::CREATED,
+                        serde_json::json!({"accountId": id, "stored": note}),
+                    ),
+                    Err(_) => json(
+                        StatusCode::BAD_REQUEST,
+                        serde_json::json!({"error": "body is not JSON"}),
+                    ),
+                }
+            }
+            _ => json(
+                StatusCode::METHOD_NOT_ALLOWED,
+                serde_json::json!({"error": "method not allowed"}),
+            ),
+        }
+    }
+}

@@ -1,0 +1,153 @@
+//! Seawall: an edge gateway on Pingora between a public cloud caller (Genesys Cloud data
+//! actions first) and fragile internal systems.
+//!
+//! The request path, in Pingora's phase order (`proxy.rs` orchestrates, modules decide):
+//! 1. `request_filter`: [`request_id`], [`routing`] (404/405), body size (413), route deadline.
+//! 2. `upstream_peer`: [`upstream`] picks a target; timeouts capped by the deadline.
+//! 3. `upstream_request_filter` / `request_body_filter`: rewrite, forwarding headers, body bound.
+//! 4. response filters: deadline re-checked, hop-by-hop headers dropped, `X-Request-Id` added.
+//! 5. `fail_to_proxy`: every failure becomes one [`problem::Problem`] answer (problem+json).
+//! 6. `logging`: [`metrics`] and the access log.
+//!
+//! [`build`] turns a validated [`config::Config`] into a Pingora [`Server`]; the binary and the
+//! integration tests both use it.
+#![forbid(unsafe_code)]
+
+pub mod admin;
+pub mod config;
+pub mod demo;
+pub mod gateway;
+pub mod lifecycle;
+pub mod logging;
+pub mod metrics;
+pub mod problem;
+pub mod proxy;
+pub mod request_id;
+pub mod routing;
+pub mod upstream;
+
+use std::net::{SocketAddr, TcpStream};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use pingora::server::configuration::ServerConf;
+use pingora::server::{RunArgs, Server, ShutdownWatch};
+use pingora::services::background::{background_service, BackgroundService};
+use pingora::services::listening::Service;
+
+use crate::config::{Config, ConfigError};
+use crate::gateway::Gateway;
+
+/// A gateway ready to run: the Pingora server and the state its services share.
+pub struct Built {
+    pub server: Server,
+    pub gateway: Arc<Gateway>,
+}
+
+/// Builds the server for a validated config: the public proxy on every listener, the admin
+/// service and the readiness probe. Binds nothing yet.
+pub fn build(config: Config) -> Result<Built, Vec<ConfigError>> {
+    let gateway = Arc::new(Gateway::new(config)?);
+    let settings = &gateway.config.server;
+    let conf = ServerConf {
+        threads: settings.threads,
+        grace_period_seconds: Some(settings.grace_period.as_secs()),
+        graceful_shutdown_timeout_seconds: Some(1),
+        upstream_keepalive_pool_size: settings.upstream_keepalive_pool_size,
+        // Route retries, plus one free retry of a stale pooled connection, plus the first try.
+        max_retries: config::defaults::MAX_RETRIES as usize + 2,
+        ..ServerConf::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(None, conf);
+    server.bootstrap();
+
+    let mut proxy = pingora::proxy::http_proxy_service_with_name(
+        &server.configuration,
+        proxy::SeawallProxy::new(gateway.clone()),
+        "seawall proxy",
+    );
+    for listener in &gateway.config.listeners {
+        proxy.add_tcp(&listener.address.to_string());
+    }
+    server.add_service(proxy);
+
+    let mut admin = Service::new(
+        "seawall admin".to_string(),
+        admin::AdminApp::new(gateway.clone()),
+    );
+    admin.add_tcp(&gateway.config.admin.address.to_string());
+    admin.threads = Some(1);
+    server.add_service(admin);
+
+    let probe_targets = gateway
+        .config
+        .listeners
+        .iter()
+        .map(|l| loopback_for(l.address))
+        .collect();
+    server.add_service(background_service(
+        "readiness",
+        ReadinessProbe {
+            gateway: gateway.clone(),
+            targets: probe_targets,
+        },
+    ));
+    Ok(Built { server, gateway })
+}
+
+impl Built {
+    /// Runs until `shutdown` says so. Blocks the calling thread.
+    pub fn run(self, shutdown: Box<dyn pingora::server::ShutdownSignalWatch>) {
+        self.server.run(RunArgs {
+            shutdown_signal: shutdown,
+        });
+    }
+}
+
+/// A wildcard listen address is probed on loopback.
+fn loopback_for(address: SocketAddr) -> SocketAddr {
+    let mut target = address;
+    if address.ip().is_unspecified() {
+        target.set_ip(match address {
+            SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+            SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+        });
+    }
+    target
+}
+
+/// Marks the gateway ready once every public listener accepts a TCP connection, and says what
+/// it listens on.
+struct ReadinessProbe {
+    gateway: Arc<Gateway>,
+    targets: Vec<SocketAddr>,
+}
+
+#[async_trait]
+impl BackgroundService for ReadinessProbe {
+    async fn start(&self, shutdown: ShutdownWatch) {
+        for target in &self.targets {
+            loop {
+                if *shutdown.borrow() {
+                    return;
+                }
+                let target = *target;
+                let connected = tokio::task::spawn_blocking(move || {
+                    TcpStream::connect_timeout(&target, Duration::from_millis(200)).is_ok()
+                })
+                .await
+                .unwrap_or(false);
+                if connected {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        self.gateway.set_listeners_bound();
+        for listener in &self.gateway.config.listeners {
+            tracing::info!(listener = %listener.name, address = %listener.address, "listening (http)");
+        }
+        tracing::info!(address = %self.gateway.config.admin.address, "admin listening (/metrics /healthz /readyz)");
+    }
+}

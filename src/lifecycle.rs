@@ -1,0 +1,159 @@
+//! Start-up checks and shutdown: addresses are checked before Pingora binds them (it binds inside
+//! a task and panics there), SIGHUP is taken before the server runs (unhandled, it would kill the
+//! process), and SIGTERM drains: listeners close, in-flight requests finish, and the process exits
+//! as soon as none remain or the grace period ends.
+
+use std::net::{SocketAddr, TcpListener};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use pingora::server::{ExecutionPhase, ShutdownSignal, ShutdownSignalWatch};
+use tokio::sync::watch;
+
+use crate::config::Config;
+use crate::gateway::Gateway;
+
+/// Every address the gateway will listen on, with a name for messages.
+pub fn addresses(config: &Config) -> Vec<(String, SocketAddr)> {
+    let mut out: Vec<(String, SocketAddr)> = config
+        .listeners
+        .iter()
+        .map(|l| (format!("listener `{}`", l.name), l.address))
+        .collect();
+    out.push(("admin listener".to_string(), config.admin.address));
+    out
+}
+
+/// Fails with one clear line when an address cannot be bound (in use, not local, no permission).
+pub fn check_addresses_free(addresses: &[(String, SocketAddr)]) -> Result<(), String> {
+    for (what, address) in addresses {
+        // Rust's std sets SO_REUSEADDR like Pingora does, so a socket in TIME_WAIT is no false alarm.
+        TcpListener::bind(address)
+            .map_err(|e| format!("cannot listen on {address} ({what}): {e}"))?;
+    }
+    Ok(())
+}
+
+/// Unix signals for a gateway run from the command line: SIGTERM drains, SIGINT and SIGQUIT
+/// exit fast (zero-downtime upgrades via SIGQUIT are not offered).
+pub struct UnixSignals;
+
+#[async_trait]
+impl ShutdownSignalWatch for UnixSignals {
+    async fn recv(&self) -> ShutdownSignal {
+        use tokio::signal::unix::{signal, SignalKind};
+        let (Ok(mut term), Ok(mut int), Ok(mut quit)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::quit()),
+        ) else {
+            tracing::error!("cannot install signal handlers; exiting");
+            return ShutdownSignal::FastShutdown;
+        };
+        tokio::select! {
+            _ = term.recv() => {
+                tracing::info!("SIGTERM: draining (new connections refused, in-flight requests finish)");
+                ShutdownSignal::GracefulTerminate
+            }
+            _ = int.recv() => {
+                tracing::info!("SIGINT: exiting now");
+                ShutdownSignal::FastShutdown
+            }
+            _ = quit.recv() => {
+                tracing::info!("SIGQUIT: exiting now");
+                ShutdownSignal::FastShutdown
+            }
+        }
+    }
+}
+
+/// A shutdown trigger for gateways run in-process (tests, embedding).
+pub struct ShutdownHandle(watch::Sender<Option<bool>>);
+
+impl ShutdownHandle {
+    pub fn new() -> (ShutdownHandle, ManualShutdown) {
+        let (tx, rx) = watch::channel(None);
+        (ShutdownHandle(tx), ManualShutdown(rx))
+    }
+
+    /// Asks the gateway to drain (`graceful`) or stop at once.
+    pub fn shutdown(&self, graceful: bool) {
+        let _ = self.0.send(Some(graceful));
+    }
+}
+
+impl Drop for ShutdownHandle {
+    fn drop(&mut self) {
+        let _ = self.0.send(Some(false));
+    }
+}
+
+pub struct ManualShutdown(watch::Receiver<Option<bool>>);
+
+#[async_trait]
+impl ShutdownSignalWatch for ManualShutdown {
+    async fn recv(&self) -> ShutdownSignal {
+        let mut rx = self.0.clone();
+        let graceful = match rx.wait_for(|v| v.is_some()).await {
+            Ok(v) => v.unwrap_or(false),
+            Err(_) => false,
+        };
+        if graceful {
+            ShutdownSignal::GracefulTerminate
+        } else {
+            ShutdownSignal::FastShutdown
+        }
+    }
+}
+
+/// Logs SIGHUP instead of dying from it. Installed before the server starts.
+pub fn take_sighup() -> std::io::Result<()> {
+    use signal_hook::consts::SIGHUP;
+    let mut signals = signal_hook::iterator::Signals::new([SIGHUP])?;
+    std::thread::Builder::new().name("sighup".into()).spawn(move || {
+        for _ in signals.forever() {
+            tracing::warn!("SIGHUP received: reloading is not supported by this version yet; nothing changed");
+        }
+    })?;
+    Ok(())
+}
+
+/// Once Pingora starts its graceful shutdown, waits until no request is in flight (or the grace
+/// period passes) and exits the process with 0. Pingora's own grace period is a fixed sleep.
+pub fn exit_when_drained(
+    mut phases: tokio::sync::broadcast::Receiver<ExecutionPhase>,
+    gateway: Arc<Gateway>,
+) {
+    let grace = gateway.config.server.grace_period;
+    let spawned = std::thread::Builder::new()
+        .name("drain".into())
+        .spawn(move || loop {
+            match phases.blocking_recv() {
+                Ok(ExecutionPhase::GracefulTerminate) => {
+                    let start = Instant::now();
+                    while gateway.active_requests() > 0 && start.elapsed() < grace {
+                        std::thread::sleep(Duration::from_millis(10));
+                    }
+                    let left = gateway.active_requests();
+                    if left > 0 {
+                        tracing::warn!(
+                            requests = left,
+                            "grace period over; exiting with requests still in flight"
+                        );
+                    } else {
+                        tracing::info!(
+                            drain_ms = start.elapsed().as_millis() as u64,
+                            "drained; exiting"
+                        );
+                    }
+                    std::process::exit(0);
+                }
+                Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "cannot start the drain watcher; SIGTERM will wait the whole grace period");
+    }
+}

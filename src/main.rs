@@ -1,0 +1,133 @@
+//! The `seawall` command line: run, validate, demo. Exit codes: 0 ok, 1 bad config or input,
+//! 2 runtime failure (an address in use, say).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Parser, Subcommand};
+use seawall::config::{self, ConfigError, ProcessEnv};
+use seawall::demo::{self, DemoPorts};
+use seawall::{lifecycle, logging, Built};
+
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+#[derive(Parser)]
+#[command(
+    name = "seawall",
+    version,
+    about = "An edge gateway between Genesys Cloud data actions and fragile internal systems"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway in the foreground.
+    Run {
+        /// The config file.
+        #[arg(short, long, default_value = "conf/seawall.yaml")]
+        config: PathBuf,
+    },
+    /// Check a config and every file it names; print every error, one per line.
+    Validate {
+        #[arg(short, long)]
+        config: PathBuf,
+    },
+    /// Start the embedded demo: gateway + simulated CRM on loopback, with curl lines to try.
+    Demo {
+        /// Public port of the gateway.
+        #[arg(long, default_value_t = 8080)]
+        port: u16,
+        /// Admin port (/metrics /healthz /readyz).
+        #[arg(long, default_value_t = 9090)]
+        admin_port: u16,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Validate { config } => validate(&config),
+        Command::Run { config: path } => match config::load_file(&path, &ProcessEnv) {
+            Ok(config) => {
+                logging::init(&config.logging);
+                tracing::info!("config {}: {}", path.display(), config.summary());
+                match seawall::build(config) {
+                    Ok(built) => serve(built, None),
+                    Err(errors) => config_errors(&errors),
+                }
+            }
+            Err(errors) => config_errors(&errors),
+        },
+        Command::Demo { port, admin_port } => {
+            let ports = DemoPorts { port, admin_port };
+            match demo::build(&ports) {
+                Ok((built, _stats, crm)) => {
+                    logging::init(&built.gateway.config.logging);
+                    serve(built, Some(demo::instructions(&ports, crm)))
+                }
+                Err(errors) => config_errors(&errors),
+            }
+        }
+    }
+}
+
+fn validate(path: &std::path::Path) -> ExitCode {
+    let result = config::load_file(path, &ProcessEnv).and_then(|config| {
+        let summary = config.summary();
+        // Builds what start-up builds (TLS material included) without binding anything.
+        seawall::build(config).map(|_| summary)
+    });
+    match result {
+        Ok(summary) => {
+            println!("{}: valid: {summary}", path.display());
+            ExitCode::SUCCESS
+        }
+        Err(errors) => {
+            for e in &errors {
+                eprintln!("{}: {e}", path.display());
+            }
+            eprintln!("{}: {} error(s)", path.display(), errors.len());
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn config_errors(errors: &[ConfigError]) -> ExitCode {
+    for e in errors {
+        eprintln!("seawall: config: {e}");
+    }
+    ExitCode::from(1)
+}
+
+/// Runs until a signal: SIGTERM drains, SIGINT exits fast.
+fn serve(built: Built, banner: Option<String>) -> ExitCode {
+    let addresses = lifecycle::addresses(&built.gateway.config);
+    if let Err(message) = lifecycle::check_addresses_free(&addresses) {
+        eprintln!("seawall: {message}");
+        return ExitCode::from(2);
+    }
+    if let Err(e) = lifecycle::take_sighup() {
+        eprintln!("seawall: cannot install the SIGHUP handler: {e}");
+        return ExitCode::from(2);
+    }
+    lifecycle::exit_when_drained(
+        built.server.watch_execution_phase(),
+        Arc::clone(&built.gateway),
+    );
+    if let Some(banner) = banner {
+        let gateway = Arc::clone(&built.gateway);
+        std::thread::spawn(move || {
+            while !gateway.is_ready() {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            println!("{banner}");
+        });
+    }
+    built.run(Box::new(lifecycle::UnixSignals));
+    ExitCode::SUCCESS
+}

@@ -1,0 +1,139 @@
+//! The one error type for answers the gateway makes itself, and THE table from error to status,
+//! `code` and problem+json body (RFC 9457). Every phase that refuses a request produces a
+//! [`Problem`]; [`Problem::response`] is the only place that turns one into bytes.
+
+use bytes::Bytes;
+use pingora_http::ResponseHeader;
+
+/// Why the gateway answered instead of the backend. Messages are for logs; bodies carry only
+/// the fixed title and code, never addresses, keys or config.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Problem {
+    #[error("no route matches the path")]
+    RouteNotFound,
+    #[error("method not allowed (allowed: {allow})")]
+    MethodNotAllowed { allow: String },
+    #[error("request body larger than {limit} bytes")]
+    RequestTooLarge { limit: u64 },
+    #[error("malformed request: {reason}")]
+    BadRequest { reason: String },
+    #[error("the client did not send the request in time")]
+    RequestTimeout,
+    #[error("upstream unavailable: {reason}")]
+    UpstreamUnavailable { reason: String },
+    #[error("route deadline passed before the upstream answered")]
+    UpstreamTimeout,
+    #[error("internal error: {reason}")]
+    Internal { reason: String },
+}
+
+/// The fixed, public facts of one problem kind.
+struct Entry {
+    status: u16,
+    code: &'static str,
+    title: &'static str,
+    retryable: bool,
+}
+
+impl Problem {
+    fn entry(&self) -> Entry {
+        let (status, code, title, retryable) = match self {
+            Problem::RouteNotFound => (404, "route_not_found", "No route for this path", false),
+            Problem::MethodNotAllowed { .. } => (
+                405,
+                "method_not_allowed",
+                "Method not allowed on this path",
+                false,
+            ),
+            Problem::RequestTooLarge { .. } => {
+                (413, "request_too_large", "Request body too large", false)
+            }
+            Problem::BadRequest { .. } => (400, "bad_request", "Malformed request", false),
+            Problem::RequestTimeout => {
+                (408, "request_timeout", "Request not received in time", true)
+            }
+            Problem::UpstreamUnavailable { .. } => {
+                (502, "upstream_unavailable", "Upstream unavailable", true)
+            }
+            Problem::UpstreamTimeout => (
+                504,
+                "upstream_timeout",
+                "Upstream did not respond in time",
+                true,
+            ),
+            Problem::Internal { .. } => (500, "internal_error", "Internal gateway error", false),
+        };
+        Entry {
+            status,
+            code,
+            title,
+            retryable,
+        }
+    }
+
+    pub fn status(&self) -> u16 {
+        self.entry().status
+    }
+
+    pub fn code(&self) -> &'static str {
+        self.entry().code
+    }
+
+    /// The problem+json answer: header (with `X-Request-Id`) and body.
+    pub fn response(&self, request_id: &str) -> (ResponseHeader, Bytes) {
+        let entry = self.entry();
+        let body = serde_json::json!({
+            "type": format!("urn:seawall:problem:{}", entry.code.replace('_', "-")),
+            "title": entry.title,
+            "status": entry.status,
+            "code": entry.code,
+            "request_id": request_id,
+            "retryable": entry.retryable,
+        });
+        let body = Bytes::from(serde_json::to_vec(&body).unwrap_or_default());
+        let mut header = ResponseHeader::build(entry.status, Some(6)).unwrap_or_else(|_| {
+            ResponseHeader::build(500, Some(6)).expect("500 is a valid status")
+        });
+        // Header values below are fixed strings or validated request ids: inserts cannot fail.
+        let _ = header.insert_header("content-type", "application/problem+json");
+        let _ = header.insert_header("content-length", body.len().to_string());
+        let _ = header.insert_header("cache-control", "no-store");
+        let _ = header.insert_header("x-request-id", request_id);
+        if let Problem::MethodNotAllowed { allow } = self {
+            let _ = header.insert_header("allow", allow.as_str());
+        }
+        (header, body)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn body_follows_the_contract_and_leaks_nothing() {
+        let problem = Problem::UpstreamUnavailable {
+            reason: "connect refused 10.1.2.3:8080".into(),
+        };
+        let (header, body) = problem.response("req-1");
+        assert_eq!(header.status.as_u16(), 502);
+        assert_eq!(header.headers["content-type"], "application/problem+json");
+        let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(json["type"], "urn:seawall:problem:upstream-unavailable");
+        assert_eq!(json["code"], "upstream_unavailable");
+        assert_eq!(json["status"], 502);
+        assert_eq!(json["request_id"], "req-1");
+        assert_eq!(json["retryable"], true);
+        assert!(!String::from_utf8_lossy(&body).contains("10.1.2.3"));
+    }
+
+    #[test]
+    fn method_not_allowed_carries_allow() {
+        let (header, _) = Problem::MethodNotAllowed {
+            allow: "GET, HEAD".into(),
+        }
+        .response("r");
+        assert_eq!(header.status.as_u16(), 405);
+        assert_eq!(header.headers["allow"], "GET, HEAD");
+    }
+}

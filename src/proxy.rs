@@ -1,0 +1,560 @@
+//! `impl ProxyHttp`: calls the modules in phase order and holds no policy of its own.
+//!
+//! Phase map (see pingora-proxy/src/proxy_trait.rs for each phase's contract):
+//! - `request_filter`: request id, route match (404/405/400), declared body size (413), deadline.
+//! - `upstream_peer`: next target; every timeout capped by what is left of the deadline.
+//! - `fail_to_connect` / `error_while_proxy`: retry only idempotent requests, inside the deadline.
+//! - `upstream_request_filter`: path rewrite, `Host`, `X-Forwarded-*`, `X-Request-Id`.
+//! - `request_body_filter`: streamed body bounded by `max_body_bytes` (413).
+//! - `upstream_response_filter` / `upstream_response_body_filter`: deadline re-checked; response
+//!   hop-by-hop headers dropped.
+//! - `response_filter`: `X-Request-Id` on proxied answers.
+//! - `fail_to_proxy`: the error, classified by its *source*, becomes one [`Problem`] answer.
+//! - `logging`: metrics and the access-log line.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use pingora::prelude::*;
+use pingora::protocols::Digest;
+use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use pingora::{Error, ErrorSource, ErrorType};
+use pingora_http::{RequestHeader, ResponseHeader};
+
+use crate::gateway::{ActiveRequest, Gateway};
+use crate::metrics::{InflightGuard, UpstreamOutcome, NO_ROUTE};
+use crate::problem::Problem;
+use crate::request_id;
+use crate::routing::{has_dot_segment, PathParams, RouteMatch};
+use crate::upstream::Deadline;
+
+/// Response headers that describe the upstream connection, not the answer.
+const HOP_BY_HOP_RESPONSE: &[&str] = &[
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "upgrade",
+    "te",
+];
+
+pub struct SeawallProxy {
+    gateway: Arc<Gateway>,
+}
+
+impl SeawallProxy {
+    pub fn new(gateway: Arc<Gateway>) -> Self {
+        SeawallProxy { gateway }
+    }
+}
+
+/// Per-request state, shared by the phases.
+pub struct RequestCtx {
+    start: Instant,
+    request_id: String,
+    route: Option<usize>,
+    /// Path parameters, decoded, for later phases (auth, cache keys, mediation).
+    pub params: PathParams,
+    deadline: Option<Deadline>,
+    client_ip: Option<IpAddr>,
+    attempts: u32,
+    stale_connection_retried: bool,
+    body_bytes: u64,
+    body_complete: bool,
+    upstream_started: Option<Instant>,
+    upstream_status: Option<u16>,
+    upstream_inflight: Option<InflightGuard>,
+    /// Set by the phase that refuses the request; `fail_to_proxy` answers with it.
+    problem: Option<Problem>,
+    /// The status the caller got (499: the caller went away first).
+    status: u16,
+    _active: ActiveRequest,
+}
+
+impl RequestCtx {
+    fn may_retry(&self, gateway: &Gateway, session: &Session) -> bool {
+        let Some(route) = self.route.map(|r| &gateway.config.routes[r]) else {
+            return false;
+        };
+        let idempotent = session.req_header().method.is_idempotent()
+            && !session.as_ref().retry_buffer_truncated();
+        let time_left = self.deadline.is_some_and(|d| !d.expired(Instant::now()));
+        idempotent && time_left && self.attempts <= route.retries
+    }
+}
+
+fn is_timeout(etype: &ErrorType) -> bool {
+    matches!(
+        etype,
+        ErrorType::ConnectTimedout
+            | ErrorType::ReadTimedout
+            | ErrorType::WriteTimedout
+            | ErrorType::TLSHandshakeTimedout
+    )
+}
+
+/// The error for a phase that set `ctx.problem`: only its presence matters to Pingora.
+fn refused(problem: &Problem) -> Box<Error> {
+    Error::explain(ErrorType::HTTPStatus(problem.status()), problem.to_string())
+}
+
+impl SeawallProxy {
+    /// Writes a problem answer. The connection is closed when the request body was not read,
+    /// so unread bytes can never be taken for the next request.
+    async fn respond(&self, session: &mut Session, ctx: &mut RequestCtx, problem: &Problem) {
+        let (header, body) = problem.response(&ctx.request_id);
+        ctx.status = problem.status();
+        if !ctx.body_complete {
+            session.set_keepalive(None);
+        }
+        let written = match session.write_response_header(Box::new(header), false).await {
+            Ok(()) => session.write_response_body(Some(body), true).await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = written {
+            tracing::debug!(request_id = %ctx.request_id, error = %e, "could not write problem answer");
+            ctx.status = 499;
+        }
+    }
+
+    /// Decides what an error means for the caller, by where it came from.
+    fn classify(&self, e: &Error, ctx: &RequestCtx) -> Option<Problem> {
+        match e.esource() {
+            ErrorSource::Upstream if is_timeout(e.etype()) => {
+                let deadline_passed = ctx.deadline.is_some_and(|d| d.expired(Instant::now()));
+                if !ctx.body_complete && matches!(e.etype(), ErrorType::ReadTimedout) {
+                    // The upstream was waiting for the rest of the caller's body: the caller's fault.
+                    Some(Problem::RequestTimeout)
+                } else if deadline_passed || !matches!(e.etype(), ErrorType::ConnectTimedout) {
+                    Some(Problem::UpstreamTimeout)
+                } else {
+                    Some(Problem::UpstreamUnavailable {
+                        reason: e.to_string(),
+                    })
+                }
+            }
+            ErrorSource::Upstream => Some(Problem::UpstreamUnavailable {
+                reason: e.to_string(),
+            }),
+            ErrorSource::Downstream => match e.etype() {
+                // The caller is gone: nobody to answer.
+                ErrorType::ConnectionClosed | ErrorType::ReadError | ErrorType::WriteError => None,
+                ErrorType::ReadTimedout => Some(Problem::RequestTimeout),
+                _ => Some(Problem::BadRequest {
+                    reason: e.to_string(),
+                }),
+            },
+            ErrorSource::Internal | ErrorSource::Unset => match e.etype() {
+                ErrorType::HTTPStatus(400) | ErrorType::InvalidHTTPHeader => {
+                    Some(Problem::BadRequest {
+                        reason: e.to_string(),
+                    })
+                }
+                _ => Some(Problem::Internal {
+                    reason: e.to_string(),
+                }),
+            },
+        }
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for SeawallProxy {
+    type CTX = RequestCtx;
+
+    fn new_ctx(&self) -> RequestCtx {
+        RequestCtx {
+            start: Instant::now(),
+            request_id: String::new(),
+            route: None,
+            params: PathParams::default(),
+            deadline: None,
+            client_ip: None,
+            attempts: 0,
+            stale_connection_retried: false,
+            body_bytes: 0,
+            body_complete: false,
+            upstream_started: None,
+            upstream_status: None,
+            upstream_inflight: None,
+            problem: None,
+            status: 0,
+            _active: self.gateway.active_request(),
+        }
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        ctx.request_id = request_id::from_request(session.req_header());
+        ctx.client_ip = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip());
+        ctx.body_complete = session.is_body_empty();
+
+        let req = session.req_header();
+        let path = req.uri.path();
+        let matched = if has_dot_segment(path) {
+            Err(Problem::BadRequest {
+                reason: "dot segment in path".into(),
+            })
+        } else {
+            match self.gateway.config.router.find(&req.method, path) {
+                RouteMatch::Found { route, params } => Ok((route, params)),
+                RouteMatch::NotFound => Err(Problem::RouteNotFound),
+                RouteMatch::MethodNotAllowed { allow } => Err(Problem::MethodNotAllowed { allow }),
+                RouteMatch::BadParam { reason } => Err(Problem::BadRequest { reason }),
+            }
+        };
+        let (route_index, params) = match matched {
+            Ok(found) => found,
+            Err(problem) => {
+                self.respond(session, ctx, &problem).await;
+                ctx.problem = Some(problem);
+                return Ok(true);
+            }
+        };
+        ctx.route = Some(route_index);
+        ctx.params = params;
+        let route = &self.gateway.config.routes[route_index];
+        ctx.deadline = Some(Deadline::after(ctx.start, route.timeout));
+
+        // A declared length over the limit is refused before any upstream is touched.
+        let declared = session
+            .req_header()
+            .headers
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|len| len > route.max_body_bytes) {
+            let problem = Problem::RequestTooLarge {
+                limit: route.max_body_bytes,
+            };
+            self.respond(session, ctx, &problem).await;
+            ctx.problem = Some(problem);
+            return Ok(true);
+        }
+        if route.retries > 0 {
+            session.enable_retry_buffering();
+        }
+        Ok(false)
+    }
+
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<Box<HttpPeer>> {
+        let (Some(route), Some(deadline)) = (ctx.route, ctx.deadline) else {
+            let problem = Problem::Internal {
+                reason: "no route at upstream_peer".into(),
+            };
+            let e = refused(&problem);
+            ctx.problem = Some(problem);
+            return Err(e);
+        };
+        let upstream = &self.gateway.upstreams[self.gateway.config.routes[route].upstream];
+        let now = Instant::now();
+        let remaining = deadline.remaining(now);
+        if remaining.is_zero() {
+            ctx.problem = Some(Problem::UpstreamTimeout);
+            return Err(Error::explain(
+                ErrorType::ConnectTimedout,
+                "route deadline passed before connecting",
+            )
+            .into_up());
+        }
+        ctx.attempts += 1;
+        if ctx.upstream_started.is_none() {
+            ctx.upstream_started = Some(now);
+            ctx.upstream_inflight = Some(self.gateway.metrics.inflight(&upstream.name));
+        }
+        Ok(Box::new(upstream.peer(remaining)))
+    }
+
+    fn fail_to_connect(
+        &self,
+        session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut RequestCtx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        // Nothing reached the backend, but the retry still has to fit the route's budget.
+        e.set_retry(ctx.may_retry(&self.gateway, session));
+        e
+    }
+
+    fn error_while_proxy(
+        &self,
+        _peer: &HttpPeer,
+        session: &mut Session,
+        mut e: Box<Error>,
+        ctx: &mut RequestCtx,
+        client_reused: bool,
+    ) -> Box<Error> {
+        // A pooled connection the backend had already closed fails at once: one free retry.
+        e.retry.decide_reuse(client_reused);
+        let stale_connection = e.retry() && client_reused && !ctx.stale_connection_retried;
+        let may_retry = ctx.may_retry(&self.gateway, session);
+        let idempotent = session.req_header().method.is_idempotent()
+            && !session.as_ref().retry_buffer_truncated();
+        let time_left = ctx.deadline.is_some_and(|d| !d.expired(Instant::now()));
+        let retry = if stale_connection && idempotent && time_left {
+            ctx.stale_connection_retried = true;
+            ctx.attempts = ctx.attempts.saturating_sub(1);
+            true
+        } else {
+            may_retry && !is_timeout(e.etype()) && ctx.problem.is_none()
+        };
+        e.set_retry(retry);
+        e
+    }
+
+    async fn connected_to_upstream(
+        &self,
+        _session: &mut Session,
+        _reused: bool,
+        _peer: &HttpPeer,
+        #[cfg(unix)] _fd: std::os::unix::io::RawFd,
+        #[cfg(windows)] _sock: std::os::windows::io::RawSocket,
+        _digest: Option<&Digest>,
+        _ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        Ok(())
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        upstream_request: &mut RequestHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        let Some(route_index) = ctx.route else {
+            return Ok(());
+        };
+        let route = &self.gateway.config.routes[route_index];
+        let upstream = &self.gateway.upstreams[route.upstream];
+        if let Some(rewrite) = &route.upstream_path {
+            let query = if route.forward_query {
+                upstream_request.uri.query()
+            } else {
+                None
+            };
+            let target = rewrite.render(&ctx.params, query);
+            let uri = target.parse::<http::Uri>().map_err(|e| {
+                Error::because(
+                    ErrorType::InternalError,
+                    "rewritten upstream path is not a valid URI",
+                    e,
+                )
+            })?;
+            upstream_request.set_uri(uri);
+        }
+        if let Some(host) = session
+            .req_header()
+            .headers
+            .get(http::header::HOST)
+            .cloned()
+        {
+            upstream_request.insert_header("x-forwarded-host", host)?;
+        }
+        upstream_request.insert_header(http::header::HOST, upstream.host())?;
+        if let Some(ip) = ctx.client_ip {
+            // The socket peer is appended; what the caller sent is kept but never trusted here.
+            let previous: Vec<&str> = upstream_request
+                .headers
+                .get_all("x-forwarded-for")
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .collect();
+            let value = if previous.is_empty() {
+                ip.to_string()
+            } else {
+                format!("{}, {ip}", previous.join(", "))
+            };
+            upstream_request.insert_header("x-forwarded-for", value)?;
+        }
+        upstream_request.insert_header("x-forwarded-proto", "http")?;
+        upstream_request.insert_header("x-request-id", ctx.request_id.as_str())?;
+        Ok(())
+    }
+
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if let (Some(chunk), Some(route)) = (body.as_ref(), ctx.route) {
+            ctx.body_bytes += chunk.len() as u64;
+            let limit = self.gateway.config.routes[route].max_body_bytes;
+            if ctx.body_bytes > limit {
+                let problem = Problem::RequestTooLarge { limit };
+                let e = refused(&problem);
+                ctx.problem = Some(problem);
+                return Err(e);
+            }
+        }
+        if end_of_stream {
+            ctx.body_complete = true;
+        }
+        Ok(())
+    }
+
+    async fn upstream_response_filter(
+        &self,
+        _session: &mut Session,
+        upstream_response: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if ctx.deadline.is_some_and(|d| d.expired(Instant::now())) {
+            ctx.problem = Some(Problem::UpstreamTimeout);
+            return Err(Error::explain(
+                ErrorType::ReadTimedout,
+                "route deadline passed while reading the answer",
+            )
+            .into_up());
+        }
+        ctx.upstream_status = Some(upstream_response.status.as_u16());
+        let nominated: Vec<String> = upstream_response
+            .headers
+            .get_all(http::header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(|t| t.trim().to_ascii_lowercase())
+            .filter(|t| !t.is_empty() && t != "close" && t != "keep-alive")
+            .collect();
+        for name in HOP_BY_HOP_RESPONSE
+            .iter()
+            .copied()
+            .chain(nominated.iter().map(String::as_str))
+        {
+            upstream_response.remove_header(name);
+        }
+        Ok(())
+    }
+
+    fn upstream_response_body_filter(
+        &self,
+        _session: &mut Session,
+        _body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<Option<std::time::Duration>> {
+        // A backend that trickles its body past the deadline is cut off (the caller already has
+        // the status line, so it sees a truncated answer rather than waiting on).
+        if ctx.deadline.is_some_and(|d| d.expired(Instant::now())) {
+            ctx.problem = Some(Problem::UpstreamTimeout);
+            return Err(Error::explain(
+                ErrorType::ReadTimedout,
+                "route deadline passed while reading the body",
+            )
+            .into_up());
+        }
+        Ok(None)
+    }
+
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        upstream_response: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        upstream_response.insert_header("x-request-id", ctx.request_id.as_str())?;
+        ctx.status = upstream_response.status.as_u16();
+        Ok(())
+    }
+
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        ctx: &mut RequestCtx,
+    ) -> FailToProxy {
+        let problem = ctx.problem.clone().or_else(|| self.classify(e, ctx));
+        let answered = session.response_written().is_some();
+        match (&problem, answered) {
+            (Some(problem), false) => {
+                self.respond(session, ctx, problem).await;
+            }
+            // Headers already went out (a body cut off mid-way) or the caller is gone.
+            (Some(_), true) => {}
+            (None, _) => ctx.status = 499,
+        }
+        ctx.problem = problem;
+        if ctx.request_id.is_empty() {
+            ctx.request_id = request_id::generate();
+        }
+        FailToProxy {
+            error_code: ctx.status,
+            can_reuse_downstream: false,
+        }
+    }
+
+    fn suppress_error_log(&self, _session: &Session, _ctx: &RequestCtx, _error: &Error) -> bool {
+        // The access log carries every failure with its reason and request id.
+        true
+    }
+
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
+        let now = Instant::now();
+        if ctx.status == 0 {
+            ctx.status = session
+                .response_written()
+                .map(|r| r.status.as_u16())
+                .unwrap_or(499);
+        }
+        let config = &self.gateway.config;
+        let route = ctx.route.map(|r| &config.routes[r]);
+        let route_id = route.map(|r| r.id.as_str()).unwrap_or(NO_ROUTE);
+        let metrics = &self.gateway.metrics;
+        metrics.observe_request(
+            route_id,
+            ctx.status,
+            now.duration_since(ctx.start).as_secs_f64(),
+        );
+
+        let mut upstream_name = "";
+        let mut upstream_ms = None;
+        if let (Some(started), Some(route)) = (ctx.upstream_started, route) {
+            upstream_name = &self.gateway.upstreams[route.upstream].name;
+            let outcome = match (&ctx.problem, ctx.upstream_status) {
+                (Some(Problem::UpstreamTimeout), _) => Some(UpstreamOutcome::Timeout),
+                // The caller's own failure says nothing about the backend.
+                (Some(Problem::RequestTimeout | Problem::RequestTooLarge { .. }), _) => None,
+                (_, Some(status)) if status < 500 && e.is_none() => Some(UpstreamOutcome::Ok),
+                (None, _) if e.is_some_and(|e| e.esource() == &ErrorSource::Downstream) => None,
+                _ => Some(UpstreamOutcome::Error),
+            };
+            let seconds = now.duration_since(started).as_secs_f64();
+            if let Some(outcome) = outcome {
+                metrics.observe_upstream(upstream_name, outcome, seconds);
+            }
+            upstream_ms = Some(seconds * 1000.0);
+        }
+        ctx.upstream_inflight = None;
+
+        if self.gateway.access_log {
+            let req = session.req_header();
+            tracing::info!(
+                target: "seawall::access",
+                request_id = %ctx.request_id,
+                client_ip = %ctx.client_ip.map(|ip| ip.to_string()).unwrap_or_default(),
+                method = %req.method,
+                path = %req.uri.path(),
+                route = route_id,
+                status = ctx.status,
+                code = ctx.problem.as_ref().map(Problem::code).unwrap_or(""),
+                duration_ms = now.duration_since(ctx.start).as_secs_f64() * 1000.0,
+                upstream = upstream_name,
+                upstream_status = ctx.upstream_status.unwrap_or(0),
+                upstream_ms = upstream_ms.unwrap_or(0.0),
+                attempts = ctx.attempts,
+                reason = %ctx.problem.as_ref().map(|p| p.to_string()).or_else(|| e.map(|e| e.to_string())).unwrap_or_default(),
+            );
+        }
+    }
+}

@@ -1,0 +1,124 @@
+//! Upstreams at run time: target choice (round robin), TLS material loaded once, and the
+//! per-attempt [`HttpPeer`] whose timeouts never outlive the route deadline. Called from
+//! `upstream_peer`.
+
+mod deadline;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use pingora::tls::pkey::PKey;
+use pingora::tls::x509::X509;
+use pingora::upstreams::peer::{HttpPeer, HttpUpstreamRequestPolicy};
+use pingora::utils::tls::CertKey;
+
+pub use deadline::Deadline;
+
+use crate::config::{UpstreamConfig, UpstreamTls};
+
+/// Idle upstream connections are closed after this long, before most backends' own idle
+/// timeouts (nginx 75 s, IIS 120 s) so a reused connection is rarely one the backend dropped.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(55);
+
+/// TLS settings loaded from files once.
+struct TlsMaterial {
+    sni: String,
+    ca: Option<Arc<Box<[X509]>>>,
+    client: Option<Arc<CertKey>>,
+}
+
+pub struct Upstream {
+    pub name: String,
+    targets: Vec<SocketAddr>,
+    next: AtomicUsize,
+    host: String,
+    tls: Option<TlsMaterial>,
+    connect_timeout: Duration,
+}
+
+impl Upstream {
+    pub fn new(config: &UpstreamConfig) -> Result<Upstream, String> {
+        let tls = config.tls.as_ref().map(load_tls).transpose()?;
+        Ok(Upstream {
+            name: config.name.clone(),
+            targets: config.targets.clone(),
+            next: AtomicUsize::new(fastrand::usize(..config.targets.len().max(1))),
+            host: config.host.clone(),
+            tls,
+            connect_timeout: config.connect_timeout,
+        })
+    }
+
+    /// The `Host` header the upstream expects.
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
+    /// A peer for the next attempt, round robin over the targets (a retry goes to the next
+    /// target), with every timeout capped by `remaining`.
+    pub fn peer(&self, remaining: Duration) -> HttpPeer {
+        let index = self.next.fetch_add(1, Ordering::Relaxed) % self.targets.len();
+        let address = self.targets[index];
+        let mut peer = match &self.tls {
+            None => HttpPeer::new(address, false, String::new()),
+            Some(tls) => {
+                let mut peer = HttpPeer::new(address, true, tls.sni.clone());
+                peer.options.verify_cert = true;
+                peer.options.verify_hostname = true;
+                peer.options.ca = tls.ca.clone();
+                peer.client_cert_key = tls.client.clone();
+                peer
+            }
+        };
+        let connect = self.connect_timeout.min(remaining);
+        peer.options.connection_timeout = Some(connect);
+        peer.options.total_connection_timeout = Some(connect);
+        peer.options.read_timeout = Some(remaining);
+        peer.options.write_timeout = Some(remaining);
+        peer.options.idle_timeout = Some(IDLE_TIMEOUT);
+        // A data API gateway forwards no protocol upgrades (WebSocket and the like).
+        peer.options.http_upstream_request_policy = HttpUpstreamRequestPolicy::deny_upgrades();
+        peer
+    }
+}
+
+fn load_tls(tls: &UpstreamTls) -> Result<TlsMaterial, String> {
+    let ca = match &tls.ca {
+        None => None,
+        Some(path) => {
+            let pem = std::fs::read(path)
+                .map_err(|e| format!("cannot read `{}`: {e}", path.display()))?;
+            let certs = X509::stack_from_pem(&pem).map_err(|e| {
+                format!("`{}` is not a PEM certificate bundle: {e}", path.display())
+            })?;
+            if certs.is_empty() {
+                return Err(format!("`{}` holds no certificate", path.display()));
+            }
+            Some(Arc::new(certs.into_boxed_slice()))
+        }
+    };
+    let client = match &tls.client_cert {
+        None => None,
+        Some((cert_path, key_path)) => {
+            let pem = std::fs::read(cert_path)
+                .map_err(|e| format!("cannot read `{}`: {e}", cert_path.display()))?;
+            let certs = X509::stack_from_pem(&pem)
+                .map_err(|e| format!("`{}` is not a PEM certificate: {e}", cert_path.display()))?;
+            let key = std::fs::read(key_path)
+                .map_err(|e| format!("cannot read `{}`: {e}", key_path.display()))?;
+            let key = PKey::private_key_from_pem(&key)
+                .map_err(|e| format!("`{}` is not a PEM private key: {e}", key_path.display()))?;
+            if certs.is_empty() {
+                return Err(format!("`{}` holds no certificate", cert_path.display()));
+            }
+            Some(Arc::new(CertKey::new(certs, key)))
+        }
+    };
+    Ok(TlsMaterial {
+        sni: tls.sni.clone(),
+        ca,
+        client,
+    })
+}
