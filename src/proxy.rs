@@ -19,7 +19,6 @@ use std::time::Instant;
 use async_trait::async_trait;
 use bytes::Bytes;
 use pingora::prelude::*;
-use pingora::protocols::Digest;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{Error, ErrorSource, ErrorType};
 use pingora_http::{RequestHeader, ResponseHeader};
@@ -311,19 +310,6 @@ impl ProxyHttp for SeawallProxy {
         e
     }
 
-    async fn connected_to_upstream(
-        &self,
-        _session: &mut Session,
-        _reused: bool,
-        _peer: &HttpPeer,
-        #[cfg(unix)] _fd: std::os::unix::io::RawFd,
-        #[cfg(windows)] _sock: std::os::windows::io::RawSocket,
-        _digest: Option<&Digest>,
-        _ctx: &mut RequestCtx,
-    ) -> Result<()> {
-        Ok(())
-    }
-
     async fn upstream_request_filter(
         &self,
         session: &mut Session,
@@ -476,6 +462,12 @@ impl ProxyHttp for SeawallProxy {
     ) -> FailToProxy {
         let problem = ctx.problem.clone().or_else(|| self.classify(e, ctx));
         let answered = session.response_written().is_some();
+        // Pingora keeps the caller's connection only for failures before an upstream was chosen;
+        // otherwise say `Connection: close` so the caller does not reuse a closing connection.
+        let reuse = ctx.attempts == 0 && ctx.body_complete;
+        if !reuse {
+            session.set_keepalive(None);
+        }
         match (&problem, answered) {
             (Some(problem), false) => {
                 self.respond(session, ctx, problem).await;

@@ -1,0 +1,242 @@
+//! Test harness: the real gateway in-process on ephemeral loopback ports, and real HTTP backends
+//! (hyper) that record what they receive. Nothing of Seawall's own is mocked.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::{SocketAddr, TcpListener as StdListener};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use seawall::lifecycle::ShutdownHandle;
+
+/// A free loopback port (bound, read, released).
+pub fn free_port() -> u16 {
+    StdListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A running gateway; dropping it stops it.
+pub struct TestGateway {
+    pub addr: SocketAddr,
+    pub admin: SocketAddr,
+    shutdown: Option<ShutdownHandle>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl TestGateway {
+    /// Starts a gateway from YAML in which `${PORT}` and `${ADMIN_PORT}` are filled with free
+    /// ports and `vars` give the other variables (backend addresses). Waits until ready.
+    pub fn start(yaml: &str, vars: &[(&str, String)]) -> TestGateway {
+        let port = free_port();
+        let admin_port = free_port();
+        let mut env: HashMap<String, String> = vars.iter().map(|(k, v)| (k.to_string(), v.clone())).collect();
+        env.insert("PORT".into(), port.to_string());
+        env.insert("ADMIN_PORT".into(), admin_port.to_string());
+        let lookup = move |name: &str| env.get(name).cloned();
+        let config = seawall::config::load_str(yaml, &lookup)
+            .unwrap_or_else(|errors| panic!("test config invalid: {:#?}", errors));
+        let built = seawall::build(config).unwrap_or_else(|e| panic!("build failed: {e:?}"));
+        let gateway = built.gateway.clone();
+        let (handle, watch) = ShutdownHandle::new();
+        let thread = std::thread::spawn(move || built.run(Box::new(watch)));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !gateway.is_ready() {
+            assert!(Instant::now() < deadline, "gateway not ready within 10 s");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        TestGateway {
+            addr: ([127, 0, 0, 1], port).into(),
+            admin: ([127, 0, 0, 1], admin_port).into(),
+            shutdown: Some(handle),
+            thread: Some(thread),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    pub async fn metrics(&self) -> String {
+        reqwest::get(format!("http://{}/metrics", self.admin)).await.unwrap().text().await.unwrap()
+    }
+}
+
+impl Drop for TestGateway {
+    fn drop(&mut self) {
+        if let Some(handle) = self.shutdown.take() {
+            handle.shutdown(false);
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// What a backend received.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub method: String,
+    pub uri: String,
+    pub headers: HashMap<String, Vec<String>>,
+    pub body: Bytes,
+    pub peer: SocketAddr,
+}
+
+impl Received {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.first()).map(String::as_str)
+    }
+}
+
+pub type Reply = Pin<Box<dyn Future<Output = Response<Full<Bytes>>> + Send>>;
+type Handler = Arc<dyn Fn(&Received) -> Reply + Send + Sync>;
+
+/// A real HTTP/1.1 backend on an ephemeral loopback port that records complete requests.
+pub struct Backend {
+    pub addr: SocketAddr,
+    received: Arc<Mutex<Vec<Received>>>,
+    /// Requests whose head arrived (counted before the body is read).
+    started: Arc<Mutex<usize>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Backend {
+    pub async fn start(handler: impl Fn(&Received) -> Reply + Send + Sync + 'static) -> Backend {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let received = Arc::new(Mutex::new(Vec::new()));
+        let started = Arc::new(Mutex::new(0));
+        let handler: Handler = Arc::new(handler);
+        let (rec, st) = (received.clone(), started.clone());
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, peer)) = listener.accept().await else { return };
+                let (rec, st, handler) = (rec.clone(), st.clone(), handler.clone());
+                tokio::spawn(async move {
+                    let service = service_fn(move |req: Request<Incoming>| {
+                        let (rec, st, handler) = (rec.clone(), st.clone(), handler.clone());
+                        async move {
+                            *st.lock().unwrap() += 1;
+                            let (parts, body) = req.into_parts();
+                            let body = match body.collect().await {
+                                Ok(b) => b.to_bytes(),
+                                Err(_) => return Ok::<_, Infallible>(Response::new(Full::new(Bytes::new()))),
+                            };
+                            let mut headers: HashMap<String, Vec<String>> = HashMap::new();
+                            for (k, v) in parts.headers.iter() {
+                                headers
+                                    .entry(k.as_str().to_string())
+                                    .or_default()
+                                    .push(String::from_utf8_lossy(v.as_bytes()).into_owned());
+                            }
+                            let r = Received {
+                                method: parts.method.to_string(),
+                                uri: parts.uri.to_string(),
+                                headers,
+                                body,
+                                peer,
+                            };
+                            rec.lock().unwrap().push(r.clone());
+                            Ok::<_, Infallible>(handler(&r).await)
+                        }
+                    });
+                    let _ = http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
+                });
+            }
+        });
+        Backend { addr, received, started, task }
+    }
+
+    /// Answers 200 with a small JSON body naming the path it got.
+    pub async fn ok() -> Backend {
+        Backend::start(|r| {
+            let body = format!("{{\"uri\":\"{}\"}}", r.uri);
+            Box::pin(async move { json(200, &body) })
+        })
+        .await
+    }
+
+    /// Answers 200 after `delay`.
+    pub async fn slow(delay: Duration) -> Backend {
+        Backend::start(move |_| {
+            Box::pin(async move {
+                tokio::time::sleep(delay).await;
+                json(200, "{\"slow\":true}")
+            })
+        })
+        .await
+    }
+
+    pub fn received(&self) -> Vec<Received> {
+        self.received.lock().unwrap().clone()
+    }
+
+    pub fn started(&self) -> usize {
+        *self.started.lock().unwrap()
+    }
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+pub fn json(status: u16, body: &str) -> Response<Full<Bytes>> {
+    Response::builder()
+        .status(status)
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(body.to_string())))
+        .unwrap()
+}
+
+/// Sends raw bytes and reads the whole answer (the gateway closes or the answer is complete).
+pub async fn raw_request(addr: SocketAddr, parts: &[&[u8]], pause: Duration) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    for part in parts {
+        if stream.write_all(part).await.is_err() {
+            break;
+        }
+        tokio::time::sleep(pause).await;
+    }
+    let mut out = Vec::new();
+    let mut buf = [0u8; 8192];
+    loop {
+        match tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => break,
+            Ok(Ok(n)) => {
+                out.extend_from_slice(&buf[..n]);
+                if response_complete(&out) {
+                    break;
+                }
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn response_complete(data: &[u8]) -> bool {
+    let text = String::from_utf8_lossy(data);
+    let Some((head, body)) = text.split_once("\r\n\r\n") else { return false };
+    let length = head
+        .lines()
+        .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse::<usize>()))
+        .and_then(Result::ok);
+    length.is_some_and(|n| body.len() >= n)
+}
+
+/// The problem+json `code` of an answer body.
+pub fn problem_code(body: &str) -> String {
+    let v: serde_json::Value = serde_json::from_str(body).unwrap_or_else(|_| panic!("not JSON: {body}"));
+    v["code"].as_str().unwrap_or_default().to_string()
+}
