@@ -1,0 +1,181 @@
+//! The binary's lifecycle: SIGTERM drains (in-flight requests finish, new connections are
+//! refused, exit 0 as soon as none remain), an address in use is exit 2 with one clear line.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{free_port, Backend};
+
+fn write_config(dir: &tempfile::TempDir, port: u16, admin: u16, backend: SocketAddr, grace: u64) -> std::path::PathBuf {
+    let path = dir.path().join("seawall.yaml");
+    let yaml = format!(
+        r#"
+server: {{ threads: 1, grace_period_secs: {grace} }}
+logging: {{ level: warn }}
+listeners: [{{ name: public, address: "127.0.0.1:{port}" }}]
+admin: {{ address: "127.0.0.1:{admin}" }}
+upstreams:
+  crm: {{ targets: ["{backend}"] }}
+routes:
+  - id: slow
+    match: {{ method: GET, path: "/slow" }}
+    upstream: crm
+    timeout_ms: 5000
+"#
+    );
+    std::fs::write(&path, yaml).unwrap();
+    path
+}
+
+fn spawn(config: &std::path::Path) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_seawall"))
+        .args(["run", "-c"])
+        .arg(config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+fn wait_ready(admin: u16) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Ok(mut s) = TcpStream::connect(("127.0.0.1", admin)) {
+            let _ = s.write_all(b"GET /readyz HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n");
+            let mut out = String::new();
+            let _ = s.read_to_string(&mut out);
+            if out.starts_with("HTTP/1.1 200") {
+                return;
+            }
+        }
+        assert!(Instant::now() < deadline, "gateway not ready");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn signal(child: &Child, name: &str) {
+    let status = Command::new("kill").args([format!("-{name}"), child.id().to_string()]).status().unwrap();
+    assert!(status.success());
+}
+
+fn wait_exit(child: &mut Child, within: Duration) -> Option<std::process::ExitStatus> {
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        if let Some(status) = child.try_wait().unwrap() {
+            return Some(status);
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    None
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_finishes_in_flight_requests_then_exits_promptly() {
+    let backend = Backend::slow(Duration::from_millis(800)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (port, admin) = (free_port(), free_port());
+    let config = write_config(&dir, port, admin, backend.addr, 30);
+    let mut child = spawn(&config);
+    wait_ready(admin);
+
+    let in_flight = std::thread::spawn(move || {
+        let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.write_all(b"GET /slow HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n").unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        (out, Instant::now())
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    signal(&child, "TERM");
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(TcpStream::connect(("127.0.0.1", port)).is_err(), "new connections accepted while draining");
+
+    let (answer, answered_at) = in_flight.join().unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "in-flight request cut: {answer}");
+    let status = wait_exit(&mut child, Duration::from_secs(5)).expect("did not exit after draining");
+    assert!(status.success(), "exit status {status:?}");
+    // Exits once drained, far before the 30 s grace period.
+    assert!(answered_at.elapsed() < Duration::from_secs(2), "exit waited for the grace period");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sighup_does_not_kill_and_sigint_exits_fast() {
+    let backend = Backend::ok().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (port, admin) = (free_port(), free_port());
+    let config = write_config(&dir, port, admin, backend.addr, 30);
+    let mut child = spawn(&config);
+    wait_ready(admin);
+    signal(&child, "HUP");
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(child.try_wait().unwrap().is_none(), "SIGHUP killed the gateway");
+    wait_ready(admin);
+    signal(&child, "INT");
+    let status = wait_exit(&mut child, Duration::from_secs(3)).expect("SIGINT did not exit fast");
+    assert!(status.success() || status.code().is_some(), "{status:?}");
+}
+
+#[test]
+fn an_address_in_use_is_exit_2_with_one_line() {
+    let busy = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = busy.local_addr().unwrap().port();
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(&dir, port, free_port(), "127.0.0.1:9".parse().unwrap(), 1);
+    let output = Command::new(env!("CARGO_BIN_EXE_seawall")).args(["run", "-c"]).arg(&config).output().unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "{stderr}");
+    assert!(lines[0].contains(&format!("cannot listen on 127.0.0.1:{port}")), "{stderr}");
+    assert!(lines[0].contains("in use"), "{stderr}");
+}
+
+#[test]
+fn an_invalid_or_missing_config_is_exit_1() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("nope.yaml");
+    let output = Command::new(env!("CARGO_BIN_EXE_seawall")).args(["run", "-c"]).arg(&missing).output().unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("cannot read config file"));
+
+    let bad = dir.path().join("bad.yaml");
+    std::fs::write(&bad, "listeners: []\nadmin: { address: nowhere }\n").unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_seawall")).args(["run", "-c"]).arg(&bad).output().unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("`listeners`: required"), "{stderr}");
+    assert!(stderr.contains("`admin.address`"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_demo_routes_a_lookup_and_times_out_the_hanging_one() {
+    let (port, admin) = (free_port(), free_port());
+    let mut child = Command::new(env!("CARGO_BIN_EXE_seawall"))
+        .args(["demo", "--port", &port.to_string(), "--admin-port", &admin.to_string()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_ready(admin);
+    let client = reqwest::Client::new();
+    let resp = client.get(format!("http://127.0.0.1:{port}/accounts/1001")).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(body["accountId"], "1001");
+    let resp = client.get(format!("http://127.0.0.1:{port}/nowhere")).send().await.unwrap();
+    assert_eq!(resp.status(), 404);
+    let started = Instant::now();
+    let resp = client.get(format!("http://127.0.0.1:{port}/accounts/hang")).send().await.unwrap();
+    assert_eq!(resp.status(), 504);
+    assert!(started.elapsed() < Duration::from_millis(2300));
+    signal(&child, "INT");
+    let _ = wait_exit(&mut child, Duration::from_secs(3));
+    let mut stdout = String::new();
+    child.stdout.take().unwrap().read_to_string(&mut stdout).unwrap();
+    assert!(stdout.contains(&format!("curl -i http://127.0.0.1:{port}/accounts/1001")), "{stdout}");
+    assert!(stdout.contains("/accounts/hang"), "{stdout}");
+}
