@@ -1,0 +1,660 @@
+//! Config validation as users meet it: `seawall::config::load_str` / `load_file`,
+//! `seawall::build` (TLS material), and `seawall validate -c FILE` on the command line.
+//!
+//! Every check asserts the YAML path and a fragment of the message a user reads, and where the
+//! contract promises "every error", the exact count.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use seawall::config::{self, Config, ConfigError, ProcessEnv};
+
+/// An environment made of the given pairs only, so no test depends on the process environment.
+fn env_of(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+    let map: HashMap<String, String> = pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    move |name: &str| map.get(name).cloned()
+}
+
+fn load(text: &str) -> Result<Config, Vec<ConfigError>> {
+    config::load_str(text, &env_of(&[]))
+}
+
+fn errors_of(text: &str) -> Vec<ConfigError> {
+    match load(text) {
+        Ok(config) => panic!("expected errors, the config is valid: {}", config.summary()),
+        Err(errors) => errors,
+    }
+}
+
+fn render(errors: &[ConfigError]) -> String {
+    errors
+        .iter()
+        .map(|e| format!("  {e}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Panics unless one error has exactly `path` and a message holding every fragment.
+fn assert_error(errors: &[ConfigError], path: &str, fragments: &[&str]) {
+    let found = errors
+        .iter()
+        .any(|e| e.path == path && fragments.iter().all(|f| e.message.contains(f)));
+    assert!(
+        found,
+        "no error at `{path}` mentioning {fragments:?}; got:\n{}",
+        render(errors)
+    );
+}
+
+fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// `seawall validate -c FILE`, from the crate root as the tests' working directory.
+fn validate_cli(file: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_seawall"))
+        .args(["validate", "-c"])
+        .arg(file)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("run seawall validate")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// The 1-based line of the first occurrence of `needle` in `text`.
+fn line_of(text: &str, needle: &str) -> usize {
+    text.lines()
+        .position(|l| l.contains(needle))
+        .map(|i| i + 1)
+        .unwrap_or_else(|| panic!("`{needle}` is not in the config"))
+}
+
+/// One error the multi-error config must produce.
+struct Expected {
+    path: &'static str,
+    fragments: &'static [&'static str],
+    /// Found by the schema (serde) step rather than by semantic validation.
+    schema: bool,
+}
+
+const EXPECTED: &[Expected] = &[
+    Expected {
+        path: "listeners[0].name",
+        fragments: &["`LISTENER_NAME`", "not set"],
+        schema: false,
+    },
+    Expected {
+        path: "listeners[1].address",
+        fragments: &["`localhost:8081`", "not an `ip:port` address"],
+        schema: false,
+    },
+    Expected {
+        path: "admin.address",
+        fragments: &["127.0.0.1:18080", "public listener"],
+        schema: false,
+    },
+    Expected {
+        path: "upstreams.empty.targets",
+        fragments: &["at least one"],
+        schema: false,
+    },
+    Expected {
+        path: "routes[0].match.methd",
+        fragments: &["unknown field `methd`", "`method`"],
+        schema: true,
+    },
+    Expected {
+        path: "routes[1].upstream",
+        fragments: &["unknown upstream `billing`"],
+        schema: false,
+    },
+    Expected {
+        path: "routes[2].timeout_ms",
+        fragments: &["0 is not a deadline"],
+        schema: false,
+    },
+    Expected {
+        path: "routes[3]",
+        fragments: &["missing field `timeout_ms`"],
+        schema: true,
+    },
+    Expected {
+        path: "routes[4].timeout_ms",
+        fragments: &["120000", "Genesys"],
+        schema: false,
+    },
+    Expected {
+        path: "routes[5].id",
+        fragments: &["duplicate route id `slow`"],
+        schema: false,
+    },
+    Expected {
+        path: "routes[7].match.path",
+        fragments: &["ambiguous", "`items_any`"],
+        schema: false,
+    },
+    Expected {
+        path: "routes[9].match.path",
+        fragments: &["ambiguous", "`a_x`"],
+        schema: false,
+    },
+    Expected {
+        path: "routes[10].match.path",
+        fragments: &["`/b/x{y}`"],
+        schema: false,
+    },
+    Expected {
+        path: "caching",
+        fragments: &["unknown section `caching`"],
+        schema: true,
+    },
+];
+
+/// A config holding one of each mistake in [`EXPECTED`]; `with_schema_errors: false` leaves out
+/// the ones serde finds (unknown key, missing `timeout_ms`, unknown section) and keeps every
+/// index the same.
+fn multi_error_config(with_schema_errors: bool) -> String {
+    let method_key = if with_schema_errors {
+        "methd"
+    } else {
+        "method"
+    };
+    let timeout = if with_schema_errors {
+        ""
+    } else {
+        "    timeout_ms: 1000\n"
+    };
+    let section = if with_schema_errors {
+        "caching:\n  max_bytes: 1024\n"
+    } else {
+        ""
+    };
+    format!(
+        r#"listeners:
+  - name: "${{LISTENER_NAME}}"
+    address: 127.0.0.1:18080
+  - name: broken
+    address: localhost:8081
+admin:
+  address: 127.0.0.1:18080
+upstreams:
+  crm:
+    targets: [127.0.0.1:9001]
+  empty:
+    targets: []
+routes:
+  - id: lookup
+    match: {{ {method_key}: GET, path: "/accounts/{{id}}" }}
+    upstream: crm
+    timeout_ms: 1000
+  - id: billing
+    match: {{ method: GET, path: /billing }}
+    upstream: billing
+    timeout_ms: 1000
+  - id: zero
+    match: {{ method: GET, path: /zero }}
+    upstream: crm
+    timeout_ms: 0
+  - id: no_timeout
+    match: {{ method: GET, path: /no-timeout }}
+    upstream: crm
+{timeout}  - id: slow
+    match: {{ method: GET, path: /slow }}
+    upstream: crm
+    timeout_ms: 120000
+  - id: slow
+    match: {{ method: GET, path: /other }}
+    upstream: crm
+    timeout_ms: 1000
+  - id: items_any
+    match: {{ method: [GET, POST], path: "/items/{{x}}" }}
+    upstream: crm
+    timeout_ms: 1000
+  - id: items_get
+    match: {{ method: GET, path: "/items/{{y}}" }}
+    upstream: crm
+    timeout_ms: 1000
+  - id: a_x
+    match: {{ method: GET, path: "/a/{{x}}" }}
+    upstream: crm
+    timeout_ms: 1000
+  - id: a_y
+    match: {{ method: GET, path: "/a/{{y}}" }}
+    upstream: crm
+    timeout_ms: 1000
+  - id: bad_template
+    match: {{ method: GET, path: "/b/x{{y}}" }}
+    upstream: crm
+    timeout_ms: 1000
+{section}"#
+    )
+}
+
+/// Every expectation not met, and a wrong count, in one message.
+fn check_expected(errors: &[ConfigError], expected: &[&Expected]) -> Vec<String> {
+    let mut problems: Vec<String> = expected
+        .iter()
+        .filter(|x| {
+            !errors
+                .iter()
+                .any(|e| e.path == x.path && x.fragments.iter().all(|f| e.message.contains(f)))
+        })
+        .map(|x| format!("missing: `{}` mentioning {:?}", x.path, x.fragments))
+        .collect();
+    if errors.len() != expected.len() {
+        problems.push(format!(
+            "expected {} errors, got {}",
+            expected.len(),
+            errors.len()
+        ));
+    }
+    problems
+}
+
+#[test]
+fn every_error_in_one_file_is_reported_with_its_path() {
+    let text = multi_error_config(true);
+    let errors = errors_of(&text);
+    let expected: Vec<&Expected> = EXPECTED.iter().collect();
+    let mut problems = check_expected(&errors, &expected);
+    // The parser knows where the unknown key is.
+    let methd_line = line_of(&text, "methd");
+    match errors.iter().find(|e| e.path == "routes[0].match.methd") {
+        Some(e) if e.location.map(|(line, _)| line) == Some(methd_line) => {}
+        Some(e) => problems.push(format!(
+            "`routes[0].match.methd` should be located on line {methd_line}, is at {:?}",
+            e.location
+        )),
+        None => {}
+    }
+    assert!(
+        problems.is_empty(),
+        "{}\nreported:\n{}",
+        problems.join("\n"),
+        render(&errors)
+    );
+}
+
+#[test]
+fn semantic_errors_are_all_reported_together_when_the_schema_is_clean() {
+    let errors = errors_of(&multi_error_config(false));
+    let expected: Vec<&Expected> = EXPECTED.iter().filter(|x| !x.schema).collect();
+    let problems = check_expected(&errors, &expected);
+    assert!(
+        problems.is_empty(),
+        "{}\nreported:\n{}",
+        problems.join("\n"),
+        render(&errors)
+    );
+}
+
+#[test]
+fn validate_prints_every_error_prefixed_by_the_file_name_then_the_count() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = write(dir.path(), "broken.yaml", &multi_error_config(false));
+    let out = validate_cli(&file);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "stderr:\n{stderr}");
+    assert_eq!(
+        text(&out.stdout),
+        "",
+        "nothing on stdout for an invalid config"
+    );
+
+    let prefix = format!("{}: ", file.display());
+    let lines: Vec<&str> = stderr.lines().collect();
+    let expected = EXPECTED.iter().filter(|x| !x.schema).count();
+    assert_eq!(lines.len(), expected + 1, "stderr:\n{stderr}");
+    for line in &lines {
+        assert!(
+            line.starts_with(&prefix),
+            "not prefixed by the file: {line}"
+        );
+    }
+    assert_eq!(lines[expected], format!("{prefix}{expected} error(s)"));
+    assert!(
+        lines.contains(
+            &format!("{prefix}`routes[1].upstream`: refers to unknown upstream `billing` (known: crm, empty)")
+                .as_str()
+        ),
+        "stderr:\n{stderr}"
+    );
+    assert!(
+        lines.iter().any(|l| l.starts_with(&format!(
+            "{prefix}`routes[4].timeout_ms`: 120000 ms is above 60000"
+        ))),
+        "stderr:\n{stderr}"
+    );
+}
+
+#[test]
+fn a_missing_variable_is_reported_once_and_named() {
+    let errors = errors_of(
+        r#"
+listeners:
+  - name: public
+    address: "0.0.0.0:${PUBLIC_PORT}"
+admin:
+  address: 127.0.0.1:9090
+"#,
+    );
+    assert_error(
+        &errors,
+        "listeners[0].address",
+        &["`PUBLIC_PORT`", "not set", "${PUBLIC_PORT:-default}"],
+    );
+    // One mistake, one line: the unexpanded text is not checked again as an address.
+    assert_eq!(errors.len(), 1, "reported:\n{}", render(&errors));
+}
+
+#[test]
+fn variables_expand_with_defaults_and_set_values_win() {
+    let env = env_of(&[("PUBLIC_PORT", "18081"), ("LISTENER", "edge")]);
+    let config = config::load_str(
+        r#"
+listeners:
+  - name: "${LISTENER:-public}"
+    address: "127.0.0.1:${PUBLIC_PORT:-8080}"
+admin:
+  address: "127.0.0.1:${ADMIN_PORT:-19090}"
+upstreams:
+  crm:
+    targets: ["${CRM_ADDR:-127.0.0.1:9001}"]
+routes:
+  - id: lookup
+    match: { method: GET, path: "/accounts/{id}" }
+    upstream: crm
+    timeout_ms: 1000
+"#,
+        &env,
+    )
+    .unwrap_or_else(|errors| panic!("should be valid:\n{}", render(&errors)));
+    assert_eq!(config.listeners[0].name, "edge");
+    assert_eq!(
+        config.listeners[0].address,
+        "127.0.0.1:18081".parse().unwrap()
+    );
+    assert_eq!(config.admin.address, "127.0.0.1:19090".parse().unwrap());
+    assert_eq!(
+        config.upstreams[0].targets,
+        ["127.0.0.1:9001".parse().unwrap()]
+    );
+    assert_eq!(config.upstreams[0].host, "127.0.0.1:9001");
+}
+
+#[test]
+fn double_dollar_writes_a_literal() {
+    // The variable is set, so expanding it by mistake would show.
+    let env = env_of(&[("NOT_A_VAR", "expanded")]);
+    let config = config::load_str(
+        r#"
+listeners:
+  - name: "cost-$5-$${NOT_A_VAR}"
+    address: 127.0.0.1:8080
+admin:
+  address: 127.0.0.1:9090
+"#,
+        &env,
+    )
+    .unwrap_or_else(|errors| panic!("should be valid:\n{}", render(&errors)));
+    assert_eq!(config.listeners[0].name, "cost-$5-${NOT_A_VAR}");
+}
+
+#[test]
+fn a_yaml_syntax_error_gives_line_and_column() {
+    let text = "listeners:\n  - name: public\n    address: 127.0.0.1:8080\nadmin:\n  address: 127.0.0.1:9090\n   oops: 1\n";
+    let errors = errors_of(text);
+    assert_eq!(errors.len(), 1, "reported:\n{}", render(&errors));
+    let e = &errors[0];
+    assert!(e.message.contains("not valid YAML"), "{e}");
+    let (line, column) = e.location.expect("a syntax error has a location");
+    assert_eq!(line, line_of(text, "oops"), "{e}");
+    assert!(column > 1, "{e}");
+    assert!(
+        e.to_string()
+            .ends_with(&format!("(line {line}, column {column})")),
+        "{e}"
+    );
+}
+
+#[test]
+fn an_empty_file_says_so() {
+    for text in ["", "\n", "# only a comment\n"] {
+        let errors = errors_of(text);
+        assert_eq!(errors.len(), 1, "{text:?}:\n{}", render(&errors));
+        assert_eq!(errors[0].to_string(), "the config is empty", "{text:?}");
+    }
+}
+
+#[test]
+fn a_file_that_is_not_a_mapping_says_so() {
+    for text in ["- listeners\n- admin\n", "just some text\n", "42\n"] {
+        let errors = errors_of(text);
+        assert_eq!(errors.len(), 1, "{text:?}:\n{}", render(&errors));
+        assert!(
+            errors[0].message.contains("must be a YAML mapping"),
+            "{text:?}: {}",
+            errors[0]
+        );
+    }
+}
+
+#[test]
+fn a_missing_config_file_exits_1_with_cannot_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("absent.yaml");
+    let out = validate_cli(&file);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "stderr:\n{stderr}");
+    assert_eq!(text(&out.stdout), "");
+    assert!(stderr.contains("cannot read"), "stderr:\n{stderr}");
+    assert!(
+        stderr.contains(&format!("`{}`", file.display())),
+        "names the file: {stderr}"
+    );
+    assert!(stderr.ends_with("1 error(s)\n"), "stderr:\n{stderr}");
+}
+
+#[test]
+fn a_mediation_route_is_not_supported_yet() {
+    let errors = errors_of(
+        r#"
+listeners:
+  - name: public
+    address: 127.0.0.1:8080
+admin:
+  address: 127.0.0.1:9090
+routes:
+  - id: customer
+    match: { method: GET, path: "/customers/{customerId}" }
+    mediation: crm-customer
+    timeout_ms: 3000
+"#,
+    );
+    assert_error(&errors, "routes[0].mediation", &["not supported"]);
+    assert_eq!(errors.len(), 1, "reported:\n{}", render(&errors));
+}
+
+#[test]
+fn a_tls_listener_reports_each_missing_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let cert = dir.path().join("server.pem");
+    let key = dir.path().join("server.key");
+    let ca = dir.path().join("clients-ca.pem");
+    let errors = errors_of(&format!(
+        r#"
+listeners:
+  - name: public
+    address: 127.0.0.1:8443
+    tls:
+      cert: {}
+      key: {}
+      client_auth:
+        mode: required
+        ca: [{}]
+admin:
+  address: 127.0.0.1:9090
+"#,
+        cert.display(),
+        key.display(),
+        ca.display()
+    ));
+    let named = |p: &Path| format!("`{}`", p.display());
+    assert_error(
+        &errors,
+        "listeners[0].tls.cert",
+        &["cannot read", &named(&cert)],
+    );
+    assert_error(
+        &errors,
+        "listeners[0].tls.key",
+        &["cannot read", &named(&key)],
+    );
+    assert_error(
+        &errors,
+        "listeners[0].tls.client_auth.ca[0]",
+        &["cannot read", &named(&ca)],
+    );
+    for e in &errors {
+        assert!(
+            e.path.starts_with("listeners[0].tls"),
+            "unrelated error: {e}"
+        );
+    }
+}
+
+const UPSTREAM_TLS_CONFIG: &str = r#"
+listeners:
+  - name: public
+    address: 127.0.0.1:8080
+admin:
+  address: 127.0.0.1:9090
+upstreams:
+  crm:
+    targets: [127.0.0.1:9443]
+    tls: { sni: crm.internal, ca: CA_FILE }
+routes:
+  - id: lookup
+    match: { method: GET, path: "/accounts/{id}" }
+    upstream: crm
+    timeout_ms: 1000
+"#;
+
+#[test]
+fn a_missing_upstream_ca_file_is_reported() {
+    // Relative: from the working directory (the crate root), where no such file is.
+    let errors = errors_of(&UPSTREAM_TLS_CONFIG.replace("CA_FILE", "missing.pem"));
+    assert_error(
+        &errors,
+        "upstreams.crm.tls.ca",
+        &["cannot read", "`missing.pem`"],
+    );
+    assert_eq!(errors.len(), 1, "reported:\n{}", render(&errors));
+}
+
+#[test]
+fn an_upstream_ca_that_is_not_pem_fails_validate() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = write(dir.path(), "crm-ca.pem", "this is not a certificate\n");
+    let file = write(
+        dir.path(),
+        "seawall.yaml",
+        &UPSTREAM_TLS_CONFIG.replace("CA_FILE", &ca.display().to_string()),
+    );
+
+    // The file exists, so the config itself is fine; building the TLS material is not.
+    let config = config::load_file(&file, &env_of(&[]))
+        .unwrap_or_else(|errors| panic!("should parse:\n{}", render(&errors)));
+    let errors = match seawall::build(config) {
+        Ok(_) => panic!("a CA file that is not PEM must not build"),
+        Err(errors) => errors,
+    };
+    assert_error(
+        &errors,
+        "upstreams.crm.tls",
+        &[&format!("`{}`", ca.display())],
+    );
+
+    let out = validate_cli(&file);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "stderr:\n{stderr}");
+    assert_eq!(text(&out.stdout), "");
+    let prefix = format!("{}: ", file.display());
+    assert!(
+        stderr.contains(&format!("{prefix}`upstreams.crm.tls`: "))
+            && stderr.contains(&ca.display().to_string()),
+        "stderr:\n{stderr}"
+    );
+    assert!(
+        stderr.ends_with(&format!("{prefix}1 error(s)\n")),
+        "stderr:\n{stderr}"
+    );
+}
+
+#[test]
+fn every_shipped_config_validates() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/conf");
+    let mut checked = Vec::new();
+    let mut failures = Vec::new();
+    for entry in std::fs::read_dir(dir).expect("read conf/") {
+        let path = entry.expect("list conf/").path();
+        if path.extension().and_then(|e| e.to_str()) != Some("yaml") {
+            continue;
+        }
+        let result =
+            config::load_file(&path, &ProcessEnv).and_then(|c| seawall::build(c).map(drop));
+        if let Err(errors) = result {
+            failures.push(format!("{}:\n{}", path.display(), render(&errors)));
+        }
+        checked.push(path);
+    }
+    assert!(!checked.is_empty(), "no conf/*.yaml found in {dir}");
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn a_valid_config_exits_0_with_one_summary_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = write(
+        dir.path(),
+        "seawall.yaml",
+        r#"
+listeners:
+  - name: public
+    address: 0.0.0.0:18080
+admin:
+  address: 127.0.0.1:19090
+upstreams:
+  crm:
+    targets: [127.0.0.1:9001]
+routes:
+  - id: lookup
+    match: { method: GET, path: "/accounts/{id}" }
+    upstream: crm
+    timeout_ms: 1000
+  - id: note
+    match: { method: POST, path: "/accounts/{id}/notes" }
+    upstream: crm
+    timeout_ms: 3000
+"#,
+    );
+    let out = validate_cli(&file);
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "stderr:\n{}", text(&out.stderr));
+    assert_eq!(
+        stdout,
+        format!(
+            "{}: valid: 1 listener(s), 1 upstream(s), 2 route(s); admin on 127.0.0.1:19090\n",
+            file.display()
+        )
+    );
+}
