@@ -15,6 +15,8 @@ pub struct Gateway {
     pub access_log: bool,
     /// Set once every public listener accepts connections.
     listeners_bound: AtomicBool,
+    /// Set when SIGTERM starts the drain: a load balancer polling `/readyz` stops sending.
+    draining: AtomicBool,
     active: Arc<AtomicUsize>,
 }
 
@@ -45,6 +47,7 @@ impl Gateway {
             upstreams,
             metrics,
             listeners_bound: AtomicBool::new(false),
+            draining: AtomicBool::new(false),
             active: Arc::new(AtomicUsize::new(0)),
         })
     }
@@ -63,9 +66,13 @@ impl Gateway {
         self.listeners_bound.store(true, Ordering::Release);
     }
 
-    /// Ready: config loaded (this value exists) and every public listener accepts.
+    pub fn set_draining(&self) {
+        self.draining.store(true, Ordering::Release);
+    }
+
+    /// Ready: config loaded (this value exists), every public listener accepts, not draining.
     pub fn is_ready(&self) -> bool {
-        self.listeners_bound.load(Ordering::Acquire)
+        self.listeners_bound.load(Ordering::Acquire) && !self.draining.load(Ordering::Acquire)
     }
 }
 

@@ -39,7 +39,10 @@ pub fn expand_tree(
     match value {
         Value::String(s) if s.contains('$') => match expand(s, env) {
             Ok(expanded) => *s = expanded,
-            Err(message) => errors.push(ConfigError::at(path, message)),
+            Err(message) => {
+                errors.push(ConfigError::at(path, message));
+                *value = Value::String(String::new());
+            }
         },
         Value::Sequence(items) => {
             for (i, item) in items.iter_mut().enumerate() {

@@ -169,8 +169,14 @@ pub fn load_str(text: &str, env: &dyn EnvLookup) -> Result<Config, Vec<ConfigErr
         }
     };
     env::expand_tree(&mut tree, "", env, &mut errors);
-    let file = parse_sections(tree, &mut errors);
-    let config = file.and_then(|file| validate::validate(file, &mut errors));
+    // A value whose variable is missing became empty; checks of that value would only repeat
+    // the missing-variable error, so errors at or under those paths are dropped.
+    let unresolved: Vec<String> = errors.iter().map(|e| e.path.clone()).collect();
+    let mut later = Vec::new();
+    let file = parse_sections(tree, &mut later);
+    let config = file.and_then(|file| validate::validate(file, &mut later));
+    later.retain(|e| !unresolved.iter().any(|p| is_at_or_under(&e.path, p)));
+    errors.extend(later);
     if errors.is_empty() {
         if let Some(config) = config {
             return Ok(config);
@@ -181,8 +187,8 @@ pub fn load_str(text: &str, env: &dyn EnvLookup) -> Result<Config, Vec<ConfigErr
 }
 
 /// Deserializes each section, and each list or map element, on its own so that every schema
-/// error is reported, not only the first.
-fn parse_sections(tree: Value, errors: &mut Vec<ConfigError>) -> Option<schema::FileConfig> {
+/// error is reported, not only the first, and the parts that did parse are still validated.
+fn parse_sections(tree: Value, errors: &mut Vec<ConfigError>) -> Option<schema::Sections> {
     let Value::Mapping(map) = tree else {
         errors.push(ConfigError::at(
             "",
@@ -205,7 +211,6 @@ fn parse_sections(tree: Value, errors: &mut Vec<ConfigError>) -> Option<schema::
             ));
         }
     }
-    let before = errors.len();
     let server = optional(sections.remove("server"), "server", errors).unwrap_or_default();
     let logging = optional(sections.remove("logging"), "logging", errors).unwrap_or_default();
     let listeners = match sections.remove("listeners") {
@@ -230,16 +235,14 @@ fn parse_sections(tree: Value, errors: &mut Vec<ConfigError>) -> Option<schema::
     };
     let upstreams = match sections.remove("upstreams") {
         Some(Value::Null) | None => Default::default(),
-        Some(Value::Mapping(map)) => {
-            let mut out = std::collections::BTreeMap::new();
-            for (key, value) in map {
+        Some(Value::Mapping(map)) => map
+            .into_iter()
+            .map(|(key, value)| {
                 let name = env::key_name(&key);
-                if let Some(u) = section(value, &format!("upstreams.{name}"), errors) {
-                    out.insert(name, u);
-                }
-            }
-            out
-        }
+                let parsed = section(value, &format!("upstreams.{name}"), errors);
+                (name, parsed)
+            })
+            .collect(),
         Some(_) => {
             errors.push(ConfigError::at(
                 "upstreams",
@@ -252,12 +255,7 @@ fn parse_sections(tree: Value, errors: &mut Vec<ConfigError>) -> Option<schema::
         Some(v) => list(v, "routes", errors),
         None => Vec::new(),
     };
-    let admin = admin?;
-    if errors.len() > before {
-        // Semantic checks on a half-parsed file would mostly repeat these errors.
-        return None;
-    }
-    Some(schema::FileConfig {
+    Some(schema::Sections {
         server,
         logging,
         listeners,
@@ -300,13 +298,17 @@ fn optional<T: DeserializeOwned>(
     }
 }
 
-fn list<T: DeserializeOwned>(value: Value, path: &str, errors: &mut Vec<ConfigError>) -> Vec<T> {
+fn list<T: DeserializeOwned>(
+    value: Value,
+    path: &str,
+    errors: &mut Vec<ConfigError>,
+) -> Vec<Option<T>> {
     match value {
         Value::Null => Vec::new(),
         Value::Sequence(items) => items
             .into_iter()
             .enumerate()
-            .filter_map(|(i, item)| section(item, &format!("{path}[{i}]"), errors))
+            .map(|(i, item)| section(item, &format!("{path}[{i}]"), errors))
             .collect(),
         _ => {
             errors.push(ConfigError::at(path, "must be a list"));
@@ -326,6 +328,11 @@ fn schema_message(e: serde_yaml_ng::Error) -> String {
             .to_string();
     }
     message
+}
+
+fn is_at_or_under(path: &str, prefix: &str) -> bool {
+    path.strip_prefix(prefix)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with(['.', '[']))
 }
 
 /// Attaches a line and column to errors when a typed whole-file parse of the text points at the

@@ -133,6 +133,18 @@ pub const TOP_LEVEL_KEYS: &[&str] = &[
     "routes",
 ];
 
+/// The file as parsed section by section: an element that failed to parse is `None`, so the
+/// others keep their list positions (and YAML paths) and are still checked.
+#[derive(Debug, Default)]
+pub struct Sections {
+    pub server: ServerSection,
+    pub logging: LoggingSection,
+    pub listeners: Vec<Option<ListenerSection>>,
+    pub admin: Option<AdminSection>,
+    pub upstreams: BTreeMap<String, Option<UpstreamSection>>,
+    pub routes: Vec<Option<RouteSection>>,
+}
+
 /// Kept for the typed whole-file parse that gives the first error its line and column.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]

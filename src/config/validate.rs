@@ -7,14 +7,14 @@ use std::time::Duration;
 
 use http::Method;
 
-use super::schema::{self, FileConfig, Methods, UpstreamTlsSection};
+use super::schema::{self, Methods, Sections, UpstreamTlsSection};
 use super::{
     defaults, AdminConfig, Config, ConfigError, ListenerConfig, LogFormat, LoggingSettings,
     RouteConfig, ServerSettings, UpstreamConfig, UpstreamTls,
 };
 use crate::routing::{PathTemplate, RewriteTemplate, RouteSpec, Router};
 
-pub(super) fn validate(file: FileConfig, errors: &mut Vec<ConfigError>) -> Option<Config> {
+pub(super) fn validate(file: Sections, errors: &mut Vec<ConfigError>) -> Option<Config> {
     let mut err = |path: String, message: String| errors.push(ConfigError::at(path, message));
 
     let server = server(&file.server, &mut err);
@@ -27,6 +27,7 @@ pub(super) fn validate(file: FileConfig, errors: &mut Vec<ConfigError>) -> Optio
     let mut names = HashSet::new();
     let mut addresses = HashSet::new();
     for (i, l) in file.listeners.iter().enumerate() {
+        let Some(l) = l else { continue };
         let path = format!("listeners[{i}]");
         if l.name.trim().is_empty() {
             err(format!("{path}.name"), "must not be empty".into());
@@ -93,8 +94,9 @@ pub(super) fn validate(file: FileConfig, errors: &mut Vec<ConfigError>) -> Optio
         }
     }
 
-    let admin = match socket_addr(&file.admin.address) {
-        Ok(address) => {
+    let admin = match file.admin.as_ref().map(|a| socket_addr(&a.address)) {
+        None => None,
+        Some(Ok(address)) => {
             if addresses.contains(&address) {
                 err(
                     "admin.address".into(),
@@ -103,7 +105,7 @@ pub(super) fn validate(file: FileConfig, errors: &mut Vec<ConfigError>) -> Optio
             }
             Some(AdminConfig { address })
         }
-        Err(message) => {
+        Some(Err(message)) => {
             err("admin.address".into(), message);
             None
         }
@@ -111,6 +113,7 @@ pub(super) fn validate(file: FileConfig, errors: &mut Vec<ConfigError>) -> Optio
 
     let mut upstreams = Vec::new();
     for (name, u) in &file.upstreams {
+        let Some(u) = u else { continue };
         if let Some(upstream) = upstream(name, u, &mut err) {
             upstreams.push(upstream);
         }
@@ -121,6 +124,7 @@ pub(super) fn validate(file: FileConfig, errors: &mut Vec<ConfigError>) -> Optio
     // Index of each route in `file.routes`, to name router errors by their YAML path.
     let mut positions = Vec::new();
     for (i, r) in file.routes.iter().enumerate() {
+        let Some(r) = r else { continue };
         let path = format!("routes[{i}]");
         if !is_identifier(&r.id) {
             err(
@@ -324,7 +328,7 @@ fn upstream(
 fn route(
     path: &str,
     r: &schema::RouteSection,
-    file: &FileConfig,
+    file: &Sections,
     upstreams: &[UpstreamConfig],
     err: &mut impl FnMut(String, String),
 ) -> Option<RouteConfig> {

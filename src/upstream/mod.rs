@@ -94,7 +94,7 @@ fn load_tls(tls: &UpstreamTls) -> Result<TlsMaterial, String> {
                 format!("`{}` is not a PEM certificate bundle: {e}", path.display())
             })?;
             if certs.is_empty() {
-                return Err(format!("`{}` holds no certificate", path.display()));
+                return Err(format!("`{}` holds no PEM certificate", path.display()));
             }
             Some(Arc::new(certs.into_boxed_slice()))
         }
@@ -111,7 +111,10 @@ fn load_tls(tls: &UpstreamTls) -> Result<TlsMaterial, String> {
             let key = PKey::private_key_from_pem(&key)
                 .map_err(|e| format!("`{}` is not a PEM private key: {e}", key_path.display()))?;
             if certs.is_empty() {
-                return Err(format!("`{}` holds no certificate", cert_path.display()));
+                return Err(format!(
+                    "`{}` holds no PEM certificate",
+                    cert_path.display()
+                ));
             }
             Some(Arc::new(CertKey::new(certs, key)))
         }

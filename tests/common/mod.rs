@@ -21,7 +21,11 @@ use seawall::lifecycle::ShutdownHandle;
 
 /// A free loopback port (bound, read, released).
 pub fn free_port() -> u16 {
-    StdListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    StdListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// A running gateway; dropping it stops it.
@@ -38,7 +42,10 @@ impl TestGateway {
     pub fn start(yaml: &str, vars: &[(&str, String)]) -> TestGateway {
         let port = free_port();
         let admin_port = free_port();
-        let mut env: HashMap<String, String> = vars.iter().map(|(k, v)| (k.to_string(), v.clone())).collect();
+        let mut env: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.clone()))
+            .collect();
         env.insert("PORT".into(), port.to_string());
         env.insert("ADMIN_PORT".into(), admin_port.to_string());
         let lookup = move |name: &str| env.get(name).cloned();
@@ -66,7 +73,12 @@ impl TestGateway {
     }
 
     pub async fn metrics(&self) -> String {
-        reqwest::get(format!("http://{}/metrics", self.admin)).await.unwrap().text().await.unwrap()
+        reqwest::get(format!("http://{}/metrics", self.admin))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
     }
 }
 
@@ -93,7 +105,10 @@ pub struct Received {
 
 impl Received {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.get(name).and_then(|v| v.first()).map(String::as_str)
+        self.headers
+            .get(name)
+            .and_then(|v| v.first())
+            .map(String::as_str)
     }
 }
 
@@ -119,7 +134,9 @@ impl Backend {
         let (rec, st) = (received.clone(), started.clone());
         let task = tokio::spawn(async move {
             loop {
-                let Ok((stream, peer)) = listener.accept().await else { return };
+                let Ok((stream, peer)) = listener.accept().await else {
+                    return;
+                };
                 let (rec, st, handler) = (rec.clone(), st.clone(), handler.clone());
                 tokio::spawn(async move {
                     let service = service_fn(move |req: Request<Incoming>| {
@@ -129,7 +146,11 @@ impl Backend {
                             let (parts, body) = req.into_parts();
                             let body = match body.collect().await {
                                 Ok(b) => b.to_bytes(),
-                                Err(_) => return Ok::<_, Infallible>(Response::new(Full::new(Bytes::new()))),
+                                Err(_) => {
+                                    return Ok::<_, Infallible>(Response::new(Full::new(
+                                        Bytes::new(),
+                                    )))
+                                }
                             };
                             let mut headers: HashMap<String, Vec<String>> = HashMap::new();
                             for (k, v) in parts.headers.iter() {
@@ -149,11 +170,18 @@ impl Backend {
                             Ok::<_, Infallible>(handler(&r).await)
                         }
                     });
-                    let _ = http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
+                    let _ = http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
                 });
             }
         });
-        Backend { addr, received, started, task }
+        Backend {
+            addr,
+            received,
+            started,
+            task,
+        }
     }
 
     /// Answers 200 with a small JSON body naming the path it got.
@@ -227,16 +255,23 @@ pub async fn raw_request(addr: SocketAddr, parts: &[&[u8]], pause: Duration) -> 
 
 fn response_complete(data: &[u8]) -> bool {
     let text = String::from_utf8_lossy(data);
-    let Some((head, body)) = text.split_once("\r\n\r\n") else { return false };
+    let Some((head, body)) = text.split_once("\r\n\r\n") else {
+        return false;
+    };
     let length = head
         .lines()
-        .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse::<usize>()))
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("content-length:")
+                .map(|v| v.trim().parse::<usize>())
+        })
         .and_then(Result::ok);
     length.is_some_and(|n| body.len() >= n)
 }
 
 /// The problem+json `code` of an answer body.
 pub fn problem_code(body: &str) -> String {
-    let v: serde_json::Value = serde_json::from_str(body).unwrap_or_else(|_| panic!("not JSON: {body}"));
+    let v: serde_json::Value =
+        serde_json::from_str(body).unwrap_or_else(|_| panic!("not JSON: {body}"));
     v["code"].as_str().unwrap_or_default().to_string()
 }
