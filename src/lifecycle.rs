@@ -157,3 +157,34 @@ pub fn exit_when_drained(
         tracing::warn!(error = %e, "cannot start the drain watcher; SIGTERM will wait the whole grace period");
     }
 }
+
+/// How long the public listeners may take to accept connections after start.
+const LISTEN_DEADLINE: Duration = Duration::from_secs(10);
+
+/// Exits with 2 when the listeners do not accept connections soon after start (Pingora binds
+/// inside a task and only logs a panic there): the gateway never runs on without them.
+pub fn exit_unless_listening(gateway: Arc<Gateway>, addresses: Vec<(String, SocketAddr)>) {
+    let spawned = std::thread::Builder::new()
+        .name("listen-check".into())
+        .spawn(move || {
+            let start = Instant::now();
+            while !gateway.is_ready() {
+                if start.elapsed() > LISTEN_DEADLINE {
+                    let list: Vec<String> = addresses
+                        .iter()
+                        .map(|(what, a)| format!("{a} ({what})"))
+                        .collect();
+                    tracing::error!(
+                        "listeners not accepting after {LISTEN_DEADLINE:?}: {}",
+                        list.join(", ")
+                    );
+                    eprintln!("seawall: listeners did not start: {}", list.join(", "));
+                    std::process::exit(2);
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "cannot start the listener check");
+    }
+}

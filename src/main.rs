@@ -49,15 +49,6 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    // A panic anywhere (a listener that failed to bind, a bug on a request path) ends the
-    // process in every build profile, as `panic = "abort"` does in release: a gateway must
-    // never run on without its listeners. systemd restarts it.
-    let default_hook = std::panic::take_hook();
-    std::panic::set_hook(Box::new(move |info| {
-        tracing::error!("panic: {info}");
-        default_hook(info);
-        std::process::abort();
-    }));
     let cli = Cli::parse();
     match cli.command {
         Command::Validate { config } => validate(&config),
