@@ -1,0 +1,553 @@
+#!/usr/bin/env python3
+"""Seawall measured side by side with nginx and HAProxy, in one run, on loopback.
+
+Fair by construction: every proxy is pinned to the same core (taskset), one worker/thread each;
+the backend (nginx `return 200`) and the load generator share the other core; same connection
+counts and the same upstream keep-alive for all. Each scenario runs against each peer in turn,
+for several alternating rounds; figures are medians with their range.
+
+Figures per scenario and peer: requests/s, CPU microseconds per request of the proxy process
+(utime+stime from /proc/PID/stat over the run / requests), peak RSS, errors, and the ratios
+Seawall/nginx and Seawall/HAProxy.
+
+Usage: loadtest/run [--rounds N] [--duration S] [--scenarios a,b] [--peers seawall,nginx]
+       [--smoke] [--out DIR]
+"""
+
+import argparse
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+
+CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+PROXY_CORE = "0"
+LOAD_CORE = "1"
+
+SMALL_JSON = '{"accountId":"1001","name":"Grace Hopper","balance":"2071.71","currency":"USD"}'
+
+
+@dataclass
+class Scenario:
+    """One load shape. Adding a scenario is adding one of these to SCENARIOS."""
+
+    name: str
+    title: str
+    path: str
+    method: str = "GET"
+    body_bytes: int = 0
+    connections: int = 50
+
+
+SCENARIOS = [
+    Scenario("small", "GET, small JSON answer, keep-alive, 50 connections", "/small"),
+    Scenario("16k", "GET, 16 KB answer, keep-alive, 50 connections", "/16k"),
+    Scenario("post2k", "POST with a 2 KB JSON body, 50 connections", "/post", method="POST", body_bytes=2048),
+    Scenario("small_c200", "GET, small JSON answer, 200 connections", "/small", connections=200),
+    Scenario("small_c1000", "GET, small JSON answer, 1000 connections", "/small", connections=1000),
+]
+
+IDLE_CONNECTIONS = 10_000
+
+
+# ---------------------------------------------------------------- parsing (unit-tested)
+
+def parse_wrk(output):
+    """Requests, requests/s and errors from wrk's text output."""
+    requests = re.search(r"^\s*(\d+) requests in ([\d.]+)(\w+)", output, re.M)
+    rps = re.search(r"^Requests/sec:\s*([\d.]+)", output, re.M)
+    if not requests or not rps:
+        raise ValueError("not wrk output: " + output[:200])
+    errors = 0
+    sock = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", output)
+    if sock:
+        errors += sum(int(x) for x in sock.groups())
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
+    if non2xx:
+        errors += int(non2xx.group(1))
+    return {"requests": int(requests.group(1)), "rps": float(rps.group(1)), "errors": errors}
+
+
+def parse_proc_stat(text):
+    """utime + stime in clock ticks from /proc/PID/stat (the command may contain spaces)."""
+    after = text[text.rindex(")") + 2:].split()
+    # fields after the command start at field 3 (state); utime is field 14, stime 15
+    return int(after[11]) + int(after[12])
+
+
+def parse_status_kb(text, key):
+    match = re.search(r"^%s:\s+(\d+) kB" % key, text, re.M)
+    return int(match.group(1)) if match else 0
+
+
+def summarize(values):
+    """Median and range of a list of numbers."""
+    values = sorted(values)
+    return {"median": statistics.median(values), "min": values[0], "max": values[-1], "n": len(values)}
+
+
+def ratio(a, b):
+    return a / b if b else float("nan")
+
+
+# ---------------------------------------------------------------- configs (unit-tested)
+
+def backend_nginx_conf(port, workdir):
+    return f"""
+worker_processes 1;
+daemon off;
+pid {workdir}/backend.pid;
+error_log {workdir}/backend-error.log warn;
+events {{ worker_connections 65536; }}
+http {{
+    access_log off;
+    keepalive_requests 1000000;
+    keepalive_timeout 300s;
+    server {{
+        listen 127.0.0.1:{port} backlog=65535;
+        default_type application/json;
+        location = /small {{ return 200 '{SMALL_JSON}'; }}
+        location = /16k {{ alias {workdir}/16k.json; }}
+        location = /post {{ client_body_buffer_size 64k; return 200 '{SMALL_JSON}'; }}
+        location / {{ return 404; }}
+    }}
+}}
+"""
+
+
+def nginx_conf(port, backend_port, workdir, access_log):
+    log = f"access_log {workdir}/nginx-access.log;" if access_log else "access_log off;"
+    return f"""
+worker_processes 1;
+daemon off;
+pid {workdir}/nginx.pid;
+error_log {workdir}/nginx-error.log warn;
+worker_rlimit_nofile 65536;
+events {{ worker_connections 30000; }}
+http {{
+    {log}
+    keepalive_requests 1000000;
+    keepalive_timeout 300s;
+    upstream backend {{
+        server 127.0.0.1:{backend_port};
+        keepalive 1024;
+        keepalive_requests 1000000;
+    }}
+    server {{
+        listen 127.0.0.1:{port} backlog=65535;
+        location / {{
+            proxy_pass http://backend;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+        }}
+    }}
+}}
+"""
+
+
+def haproxy_conf(port, backend_port, workdir, access_log):
+    log = "log stdout format raw local0\n    option httplog" if access_log else "no log"
+    return f"""
+global
+    nbthread 1
+    maxconn 30000
+    pidfile {workdir}/haproxy.pid
+defaults
+    mode http
+    {log}
+    option http-keep-alive
+    option forwardfor
+    http-reuse always
+    timeout connect 5s
+    timeout client 300s
+    timeout server 300s
+    timeout http-keep-alive 300s
+frontend public
+    bind 127.0.0.1:{port} backlog 65535
+    default_backend be
+backend be
+    server s1 127.0.0.1:{backend_port} maxconn 4096
+"""
+
+
+def seawall_conf(port, admin_port, backend_port, access_log):
+    return f"""
+server:
+  threads: 1
+  grace_period_secs: 1
+  upstream_keepalive_pool_size: 4096
+logging:
+  level: warn
+  format: json
+  access_log: {str(access_log).lower()}
+listeners:
+  - name: public
+    address: "127.0.0.1:{port}"
+admin:
+  address: "127.0.0.1:{admin_port}"
+upstreams:
+  backend:
+    targets: ["127.0.0.1:{backend_port}"]
+routes:
+  - id: small
+    match: {{ method: GET, path: "/small" }}
+    upstream: backend
+    timeout_ms: 10000
+  - id: large
+    match: {{ method: GET, path: "/16k" }}
+    upstream: backend
+    timeout_ms: 10000
+  - id: post
+    match: {{ method: POST, path: "/post" }}
+    upstream: backend
+    timeout_ms: 10000
+    max_body_bytes: 65536
+"""
+
+
+def wrk_post_script(body_bytes):
+    filler = "x" * max(0, body_bytes - len('{"note":""}'))
+    return (
+        'wrk.method = "POST"\n'
+        f"wrk.body = '{{\"note\":\"{filler}\"}}'\n"
+        'wrk.headers["Content-Type"] = "application/json"\n'
+    )
+
+
+# ---------------------------------------------------------------- processes
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port, timeout=15):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on {port} after {timeout}s")
+
+
+def raise_nofile():
+    import resource
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = min(hard, 200_000) if hard != resource.RLIM_INFINITY else 200_000
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    except (ValueError, OSError):
+        pass
+
+
+@dataclass
+class Peer:
+    name: str
+    port: int
+    argv: list
+    workdir: str
+    logfile: str
+    proc: subprocess.Popen = None
+    pids: list = field(default_factory=list)
+
+    def start(self):
+        out = open(self.logfile, "ab")
+        self.proc = subprocess.Popen(
+            ["taskset", "-c", PROXY_CORE] + self.argv,
+            stdout=out, stderr=subprocess.STDOUT, preexec_fn=raise_nofile, start_new_session=True,
+        )
+        wait_port(self.port)
+        time.sleep(0.3)
+        self.pids = process_tree(self.proc.pid)
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGINT if self.name == "seawall" else signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+
+    def cpu_ticks(self):
+        total = 0
+        for pid in self.pids:
+            try:
+                with open(f"/proc/{pid}/stat") as f:
+                    total += parse_proc_stat(f.read())
+            except FileNotFoundError:
+                pass
+        return total
+
+    def memory_kb(self, key):
+        total = 0
+        for pid in self.pids:
+            try:
+                with open(f"/proc/{pid}/status") as f:
+                    total += parse_status_kb(f.read(), key)
+            except FileNotFoundError:
+                pass
+        return total
+
+
+def process_tree(pid):
+    """The pid and its descendants (nginx's master and worker)."""
+    pids = [pid]
+    try:
+        children = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
+    except FileNotFoundError:
+        children = []
+    for child in children:
+        pids.extend(process_tree(int(child)))
+    return pids
+
+
+def make_peers(names, seawall_bin, backend_port, workdir, access_log):
+    peers = []
+    tag = "logs" if access_log else "nologs"
+    for name in names:
+        port = free_port()
+        logfile = os.path.join(workdir, f"{name}-{tag}.out")
+        if name == "seawall":
+            conf = os.path.join(workdir, f"seawall-{tag}.yaml")
+            with open(conf, "w") as f:
+                f.write(seawall_conf(port, free_port(), backend_port, access_log))
+            argv = [seawall_bin, "run", "-c", conf]
+        elif name == "nginx":
+            conf = os.path.join(workdir, f"nginx-{tag}.conf")
+            with open(conf, "w") as f:
+                f.write(nginx_conf(port, backend_port, workdir, access_log))
+            argv = [shutil.which("nginx") or "/usr/sbin/nginx", "-c", conf, "-p", workdir, "-e", os.path.join(workdir, "nginx-error.log")]
+        elif name == "haproxy":
+            conf = os.path.join(workdir, f"haproxy-{tag}.cfg")
+            with open(conf, "w") as f:
+                f.write(haproxy_conf(port, backend_port, workdir, access_log))
+            argv = [shutil.which("haproxy") or "/usr/sbin/haproxy", "-db", "-f", conf]
+        else:
+            raise ValueError(f"unknown peer {name}")
+        peers.append(Peer(name, port, argv, workdir, logfile))
+    return peers
+
+
+# ---------------------------------------------------------------- measurements
+
+def run_wrk(port, scenario, duration, workdir):
+    argv = ["taskset", "-c", LOAD_CORE, "wrk", "-t1", f"-c{scenario.connections}", f"-d{duration}s", "--timeout", "5s"]
+    if scenario.method == "POST":
+        script = os.path.join(workdir, f"post-{scenario.body_bytes}.lua")
+        with open(script, "w") as f:
+            f.write(wrk_post_script(scenario.body_bytes))
+        argv += ["-s", script]
+    argv.append(f"http://127.0.0.1:{port}{scenario.path}")
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 60, preexec_fn=raise_nofile)
+    return parse_wrk(out.stdout)
+
+
+def measure(peer, scenario, duration, workdir):
+    # warm-up: connections, pools, caches
+    run_wrk(peer.port, scenario, 1, workdir)
+    before = peer.cpu_ticks()
+    result = run_wrk(peer.port, scenario, duration, workdir)
+    after = peer.cpu_ticks()
+    cpu_seconds = (after - before) / CLK_TCK
+    result["cpu_us_per_request"] = cpu_seconds * 1e6 / result["requests"] if result["requests"] else float("nan")
+    result["peak_rss_kb"] = peer.memory_kb("VmHWM")
+    return result
+
+
+def idle_connections(peer, count):
+    """RSS growth of the proxy while `count` keep-alive connections sit idle after one request."""
+    import asyncio
+
+    async def one(sem, conns):
+        async with sem:
+            reader, writer = await asyncio.open_connection("127.0.0.1", peer.port)
+            writer.write(b"GET /small HTTP/1.1\r\nHost: bench\r\n\r\n")
+            await writer.drain()
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = int(re.search(rb"(?i)content-length:\s*(\d+)", head).group(1))
+            await reader.readexactly(length)
+            conns.append(writer)
+
+    async def main():
+        conns = []
+        sem = asyncio.Semaphore(500)
+        before = peer.memory_kb("VmRSS")
+        await asyncio.gather(*(one(sem, conns) for _ in range(count)))
+        await asyncio.sleep(1.0)
+        after = peer.memory_kb("VmRSS")
+        for w in conns:
+            w.close()
+        return before, after, len(conns)
+
+    raise_nofile()
+    before, after, opened = asyncio.run(main())
+    return {"rss_before_kb": before, "rss_after_kb": after, "connections": opened,
+            "kb_per_1000": (after - before) * 1000 / max(opened, 1)}
+
+
+# ---------------------------------------------------------------- report
+
+def table(results, scenarios, peers, title):
+    lines = [f"### {title}", "",
+             "| scenario | peer | requests/s | CPU µs/request | peak RSS MB | errors | CPU ratio vs nginx | vs HAProxy |",
+             "|---|---|---|---|---|---|---|---|"]
+    for s in scenarios:
+        r = results.get(s.name, {})
+        base = {p: r[p]["cpu_us_per_request"]["median"] for p in r}
+        for p in peers:
+            if p not in r:
+                continue
+            x = r[p]
+            cpu = x["cpu_us_per_request"]
+            rel_n = f"{ratio(cpu['median'], base['nginx']):.2f}×" if "nginx" in base else "–"
+            rel_h = f"{ratio(cpu['median'], base['haproxy']):.2f}×" if "haproxy" in base else "–"
+            lines.append(
+                f"| {s.name} | {p} | {x['rps']['median']:.0f} | {cpu['median']:.1f} ({cpu['min']:.1f}–{cpu['max']:.1f}) | "
+                f"{x['peak_rss_kb'] / 1024:.1f} | {x['errors']} | {rel_n} | {rel_h} |")
+    return "\n".join(lines)
+
+
+def machine_facts():
+    model = "unknown"
+    try:
+        with open("/proc/cpuinfo") as f:
+            m = re.search(r"model name\s*:\s*(.*)", f.read())
+            model = m.group(1).strip() if m else model
+    except OSError:
+        pass
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    return {"cores": os.cpu_count(), "cpu": model, "commit": commit or "unknown",
+            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--seawall", required=True, help="path to the seawall binary")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--duration", type=int, default=10)
+    ap.add_argument("--scenarios", default=",".join(s.name for s in SCENARIOS))
+    ap.add_argument("--peers", default="seawall,nginx,haproxy")
+    ap.add_argument("--no-logs-table", action="store_true", help="skip the second table (access logs on)")
+    ap.add_argument("--idle", type=int, default=IDLE_CONNECTIONS, help="idle connections (0: skip)")
+    ap.add_argument("--smoke", action="store_true", help="1 s per scenario, 1 round, at most 200 connections, no logs table")
+    ap.add_argument("--out", default=os.path.dirname(os.path.abspath(__file__)))
+    ap.add_argument("--command", default="loadtest/run", help="the command line quoted in RESULTS.md")
+    args = ap.parse_args(argv)
+
+    wanted = args.scenarios.split(",")
+    scenarios = [s for s in SCENARIOS if s.name in wanted]
+    peers = args.peers.split(",")
+    if args.smoke:
+        args.rounds, args.duration, args.no_logs_table = 1, 1, True
+        scenarios = [s for s in scenarios if s.connections <= 200]
+        args.idle = min(args.idle, 200)
+
+    workdir = tempfile.mkdtemp(prefix="seawall-loadtest-")
+    # nginx workers run unprivileged: they must be able to read the 16 KB answer.
+    os.chmod(workdir, 0o755)
+    with open(os.path.join(workdir, "16k.json"), "w") as f:
+        f.write('{"data":"' + "x" * (16 * 1024 - 11) + '"}')
+    os.chmod(os.path.join(workdir, "16k.json"), 0o644)
+    backend_port = free_port()
+    with open(os.path.join(workdir, "backend.conf"), "w") as f:
+        f.write(backend_nginx_conf(backend_port, workdir))
+    backend = subprocess.Popen(["taskset", "-c", LOAD_CORE, shutil.which("nginx") or "/usr/sbin/nginx",
+                                "-c", os.path.join(workdir, "backend.conf"), "-p", workdir,
+                                "-e", os.path.join(workdir, "backend-error.log")],
+                               start_new_session=True, preexec_fn=raise_nofile)
+    report = {"machine": machine_facts(), "command": args.command, "rounds": args.rounds,
+              "duration_secs": args.duration, "tables": {}}
+    failures = []
+    try:
+        wait_port(backend_port)
+        variants = [("nologs", False)] + ([] if args.no_logs_table else [("logs", True)])
+        for tag, access_log in variants:
+            runs = {}
+            live = make_peers(peers, args.seawall, backend_port, workdir, access_log)
+            for p in live:
+                p.start()
+            try:
+                for rnd in range(args.rounds):
+                    for s in scenarios:
+                        for p in live:
+                            r = measure(p, s, args.duration, workdir)
+                            runs.setdefault(s.name, {}).setdefault(p.name, []).append(r)
+                            print(f"[{tag} round {rnd + 1}] {s.name:12} {p.name:8} {r['rps']:10.0f} req/s "
+                                  f"{r['cpu_us_per_request']:6.1f} µs/req errors={r['errors']}", flush=True)
+                            if r["errors"] or not r["requests"]:
+                                failures.append(f"{tag} {s.name} {p.name}: {r['errors']} errors, {r['requests']} requests")
+                idle = {}
+                if args.idle and tag == "nologs":
+                    for p in live:
+                        idle[p.name] = idle_connections(p, args.idle)
+                        print(f"[idle] {p.name:8} {idle[p.name]['kb_per_1000']:.0f} kB per 1000 idle connections", flush=True)
+            finally:
+                for p in live:
+                    p.stop()
+            summary = {}
+            for sname, by_peer in runs.items():
+                summary[sname] = {}
+                for pname, rs in by_peer.items():
+                    summary[sname][pname] = {
+                        "rps": summarize([r["rps"] for r in rs]),
+                        "cpu_us_per_request": summarize([r["cpu_us_per_request"] for r in rs]),
+                        "peak_rss_kb": max(r["peak_rss_kb"] for r in rs),
+                        "errors": sum(r["errors"] for r in rs),
+                    }
+            report["tables"][tag] = {"scenarios": summary, "idle": idle}
+    finally:
+        os.killpg(backend.pid, signal.SIGTERM)
+        backend.wait(timeout=10)
+
+    write_report(report, scenarios, peers, args.out, args.smoke)
+    shutil.rmtree(workdir, ignore_errors=True)
+    if failures:
+        print("errors:\n  " + "\n  ".join(failures), file=sys.stderr)
+        return 1
+    return 0
+
+
+def write_report(report, scenarios, peers, out, smoke):
+    name = "results-smoke.json" if smoke else "results.json"
+    with open(os.path.join(out, name), "w") as f:
+        json.dump(report, f, indent=2)
+    m = report["machine"]
+    parts = [
+        "# Load test results", "",
+        f"- date: {m['date']}; commit: {m['commit']}; machine: {m['cores']} cores, {m['cpu']}",
+        f"- command: `{report['command']}`; {report['rounds']} alternating rounds of {report['duration_secs']} s per scenario and peer; medians with (min–max)",
+        "- proxies pinned to core 0, one worker/thread each; backend (nginx `return 200`) and wrk (`-t1`) on core 1",
+        "",
+    ]
+    titles = {"nologs": "Access logs off (headline)", "logs": "Access logs on"}
+    for tag, t in report["tables"].items():
+        parts.append(table(t["scenarios"], scenarios, peers, titles[tag]))
+        parts.append("")
+        if t.get("idle"):
+            parts.append("| idle keep-alive connections | peer | RSS growth per 1000 connections (kB) |")
+            parts.append("|---|---|---|")
+            for p, v in t["idle"].items():
+                parts.append(f"| {v['connections']} | {p} | {v['kb_per_1000']:.0f} |")
+            parts.append("")
+    text = "\n".join(parts) + "\n"
+    print(text)
+    if not smoke:
+        with open(os.path.join(out, "RESULTS.md"), "w") as f:
+            f.write(text)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

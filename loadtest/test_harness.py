@@ -1,0 +1,130 @@
+"""Unit tests of the harness's parsing and config generation (no load, no processes)."""
+
+import os
+import subprocess
+import tempfile
+import unittest
+
+import harness
+
+WRK_OUTPUT = """Running 10s test @ http://127.0.0.1:8080/small
+  1 threads and 50 connections
+  Thread Stats   Avg      Stdev     Max   +/- Stdev
+    Latency     1.20ms  300.00us   5.00ms   90.00%
+    Req/Sec    41.00k     1.00k   43.00k    70.00%
+  410123 requests in 10.00s, 60.00MB read
+  Socket errors: connect 0, read 2, write 0, timeout 1
+  Non-2xx or 3xx responses: 4
+Requests/sec:  41012.30
+Transfer/sec:      6.00MB
+"""
+
+
+class ParsingTest(unittest.TestCase):
+    def test_wrk_output(self):
+        r = harness.parse_wrk(WRK_OUTPUT)
+        self.assertEqual(r["requests"], 410123)
+        self.assertAlmostEqual(r["rps"], 41012.30)
+        self.assertEqual(r["errors"], 7)
+
+    def test_wrk_clean_output_has_no_errors(self):
+        clean = "\n".join(l for l in WRK_OUTPUT.splitlines() if "errors" not in l and "Non-2xx" not in l)
+        self.assertEqual(harness.parse_wrk(clean)["errors"], 0)
+
+    def test_not_wrk_output_is_an_error(self):
+        with self.assertRaises(ValueError):
+            harness.parse_wrk("wrk: command not found")
+
+    def test_proc_stat_with_spaces_in_the_command(self):
+        fields = ["S"] + ["0"] * 10 + ["250", "50"] + ["0"] * 30
+        stat = "1234 (nginx: worker process) " + " ".join(fields)
+        self.assertEqual(harness.parse_proc_stat(stat), 300)
+
+    def test_proc_stat_of_this_process(self):
+        with open("/proc/self/stat") as f:
+            self.assertGreaterEqual(harness.parse_proc_stat(f.read()), 0)
+
+    def test_status_memory(self):
+        status = "Name:\tx\nVmHWM:\t   12345 kB\nVmRSS:\t    2048 kB\n"
+        self.assertEqual(harness.parse_status_kb(status, "VmHWM"), 12345)
+        self.assertEqual(harness.parse_status_kb(status, "VmRSS"), 2048)
+        self.assertEqual(harness.parse_status_kb(status, "VmSwap"), 0)
+
+    def test_summary_is_median_and_range(self):
+        s = harness.summarize([30.0, 10.0, 20.0])
+        self.assertEqual((s["median"], s["min"], s["max"], s["n"]), (20.0, 10.0, 30.0, 3))
+
+
+class ConfigTest(unittest.TestCase):
+    def test_peer_configs_match_each_other(self):
+        with tempfile.TemporaryDirectory() as d:
+            n = harness.nginx_conf(1000, 2000, d, access_log=False)
+            h = harness.haproxy_conf(1001, 2000, d, access_log=False)
+            s = harness.seawall_conf(1002, 1003, 2000, access_log=False)
+        for text, needle in [(n, "127.0.0.1:2000"), (h, "127.0.0.1:2000"), (s, "127.0.0.1:2000")]:
+            self.assertIn(needle, text)
+        self.assertIn("worker_processes 1", n)
+        self.assertIn("keepalive 1024", n)
+        self.assertIn("access_log off", n)
+        self.assertIn("nbthread 1", h)
+        self.assertIn("http-reuse always", h)
+        self.assertIn("no log", h)
+        self.assertIn("threads: 1", s)
+        self.assertIn("access_log: false", s)
+
+    def test_access_logs_switch_on_for_every_peer(self):
+        with tempfile.TemporaryDirectory() as d:
+            self.assertIn("nginx-access.log", harness.nginx_conf(1, 2, d, access_log=True))
+            self.assertIn("option httplog", harness.haproxy_conf(1, 2, d, access_log=True))
+            self.assertIn("access_log: true", harness.seawall_conf(1, 3, 2, access_log=True))
+
+    def test_post_body_has_the_requested_size(self):
+        script = harness.wrk_post_script(2048)
+        body = script.split("wrk.body = '")[1].split("'\n")[0]
+        self.assertEqual(len(body), 2048)
+        self.assertIn('"POST"', script)
+
+    def test_every_scenario_has_a_backend_location(self):
+        with tempfile.TemporaryDirectory() as d:
+            conf = harness.backend_nginx_conf(1, d)
+        for s in harness.SCENARIOS:
+            self.assertIn(f"location = {s.path} ", conf, s.name)
+
+    def test_seawall_config_validates(self):
+        binary = os.environ.get("SEAWALL_BIN")
+        if not binary:
+            self.skipTest("SEAWALL_BIN not set")
+        with tempfile.NamedTemporaryFile("w", suffix=".yaml") as f:
+            f.write(harness.seawall_conf(18001, 18002, 18003, access_log=True))
+            f.flush()
+            out = subprocess.run([binary, "validate", "-c", f.name], capture_output=True, text=True)
+        self.assertEqual(out.returncode, 0, out.stderr)
+
+    def test_nginx_configs_parse(self):
+        nginx = "/usr/sbin/nginx"
+        if not os.path.exists(nginx):
+            self.skipTest("nginx not installed")
+        with tempfile.TemporaryDirectory() as d:
+            for name, text in [("b.conf", harness.backend_nginx_conf(18004, d)),
+                               ("p.conf", harness.nginx_conf(18005, 18004, d, access_log=True))]:
+                path = os.path.join(d, name)
+                with open(path, "w") as f:
+                    f.write(text)
+                out = subprocess.run([nginx, "-t", "-c", path, "-p", d, "-e", os.path.join(d, "e.log")],
+                                     capture_output=True, text=True)
+                self.assertEqual(out.returncode, 0, out.stderr)
+
+    def test_haproxy_config_parses(self):
+        haproxy = "/usr/sbin/haproxy"
+        if not os.path.exists(haproxy):
+            self.skipTest("haproxy not installed")
+        with tempfile.TemporaryDirectory() as d:
+            path = os.path.join(d, "h.cfg")
+            with open(path, "w") as f:
+                f.write(harness.haproxy_conf(18006, 18004, d, access_log=True))
+            out = subprocess.run([haproxy, "-c", "-f", path], capture_output=True, text=True)
+        self.assertEqual(out.returncode, 0, out.stdout + out.stderr)
+
+
+if __name__ == "__main__":
+    unittest.main()
