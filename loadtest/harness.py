@@ -56,6 +56,8 @@ SCENARIOS = [
 ]
 
 IDLE_CONNECTIONS = 10_000
+# Open files per process; the sandboxes these run in allow at most 20,000 (hard limit).
+NOFILE = 20_000
 
 
 # ---------------------------------------------------------------- parsing (unit-tested)
@@ -106,7 +108,7 @@ worker_processes 1;
 daemon off;
 pid {workdir}/backend.pid;
 error_log {workdir}/backend-error.log warn;
-events {{ worker_connections 65536; }}
+events {{ worker_connections 19000; }}
 http {{
     access_log off;
     keepalive_requests 1000000;
@@ -130,8 +132,8 @@ worker_processes 1;
 daemon off;
 pid {workdir}/nginx.pid;
 error_log {workdir}/nginx-error.log warn;
-worker_rlimit_nofile 65536;
-events {{ worker_connections 30000; }}
+worker_rlimit_nofile {NOFILE};
+events {{ worker_connections 19000; }}
 http {{
     {log}
     keepalive_requests 1000000;
@@ -159,7 +161,9 @@ def haproxy_conf(port, backend_port, workdir, access_log):
     return f"""
 global
     nbthread 1
-    maxconn 30000
+    ulimit-n {NOFILE}
+    no strict-limits
+    maxconn {IDLE_CONNECTIONS + 100}
     pidfile {workdir}/haproxy.pid
 defaults
     mode http
@@ -245,7 +249,7 @@ def wait_port(port, timeout=15):
 def raise_nofile():
     import resource
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    target = min(hard, 200_000) if hard != resource.RLIM_INFINITY else 200_000
+    target = min(hard, NOFILE) if hard != resource.RLIM_INFINITY else NOFILE
     try:
         resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
     except (ValueError, OSError):

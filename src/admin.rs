@@ -32,7 +32,7 @@ fn text(status: StatusCode, content_type: &str, body: Vec<u8>) -> Response<Vec<u
         .unwrap_or_default()
 }
 
-fn problem(problem: Problem, id: &str) -> Response<Vec<u8>> {
+fn problem(problem: Problem, id: &http::HeaderValue) -> Response<Vec<u8>> {
     let (header, body) = problem.response(id);
     let mut response = Response::new(body.to_vec());
     *response.status_mut() = header.status;

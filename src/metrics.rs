@@ -1,9 +1,15 @@
 //! Every metric, registered once per gateway in its own registry (tests run several gateways in
 //! one process). Labels come only from bounded sets: route ids and upstream names from the
 //! config, status codes, fixed outcome words.
+//!
+//! The request path never looks a series up by its labels: handles are resolved at start-up
+//! (per route, per upstream) or once per status code, and indexed by route/upstream position.
+
+use std::sync::OnceLock;
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// The `route` label of requests that matched no route.
@@ -14,6 +20,10 @@ const DURATION_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
     60.0,
 ];
+
+/// Status codes 100..=599 get a cached counter handle each.
+const STATUS_MIN: u16 = 100;
+const STATUS_SLOTS: usize = 500;
 
 /// How one upstream call ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,6 +37,12 @@ pub enum UpstreamOutcome {
 }
 
 impl UpstreamOutcome {
+    const ALL: [UpstreamOutcome; 3] = [
+        UpstreamOutcome::Ok,
+        UpstreamOutcome::Error,
+        UpstreamOutcome::Timeout,
+    ];
+
     fn label(self) -> &'static str {
         match self {
             UpstreamOutcome::Ok => "ok",
@@ -36,18 +52,32 @@ impl UpstreamOutcome {
     }
 }
 
+/// Handles of one route's series.
+struct RouteSeries {
+    id: String,
+    duration: Histogram,
+    by_status: Box<[OnceLock<IntCounter>]>,
+}
+
+/// Handles of one upstream's series.
+struct UpstreamSeries {
+    duration: Histogram,
+    outcomes: [IntCounter; 3],
+    inflight: IntGauge,
+}
+
 pub struct Metrics {
     registry: Registry,
     requests: IntCounterVec,
-    request_duration: HistogramVec,
-    upstream_duration: HistogramVec,
-    upstream_requests: IntCounterVec,
-    inflight: IntGaugeVec,
+    /// One per route, in config order, then one for [`NO_ROUTE`].
+    routes: Vec<RouteSeries>,
+    /// One per upstream, in config order.
+    upstreams: Vec<UpstreamSeries>,
 }
 
 impl Metrics {
-    /// Registers every metric and pre-creates the series of every route and upstream, so a
-    /// scrape shows them at zero before the first request.
+    /// Registers every metric and creates the series of every route and upstream, so a scrape
+    /// shows them at zero before the first request.
     pub fn new(routes: &[&str], upstreams: &[&str]) -> Metrics {
         let registry = Registry::new();
         let requests = IntCounterVec::new(
@@ -100,51 +130,55 @@ impl Metrics {
                 .register(collector)
                 .expect("metric names are unique");
         }
-        for route in routes {
-            request_duration.with_label_values(&[*route]);
-        }
-        for upstream in upstreams {
-            upstream_duration.with_label_values(&[*upstream]);
-            inflight.with_label_values(&[*upstream]);
-            for outcome in [
-                UpstreamOutcome::Ok,
-                UpstreamOutcome::Error,
-                UpstreamOutcome::Timeout,
-            ] {
-                upstream_requests.with_label_values(&[*upstream, outcome.label()]);
-            }
-        }
+        let routes = routes
+            .iter()
+            .copied()
+            .chain(std::iter::once(NO_ROUTE))
+            .map(|id| RouteSeries {
+                id: id.to_string(),
+                duration: request_duration.with_label_values(&[id]),
+                by_status: (0..STATUS_SLOTS).map(|_| OnceLock::new()).collect(),
+            })
+            .collect();
+        let upstreams = upstreams
+            .iter()
+            .map(|name| UpstreamSeries {
+                duration: upstream_duration.with_label_values(&[*name]),
+                outcomes: UpstreamOutcome::ALL
+                    .map(|o| upstream_requests.with_label_values(&[*name, o.label()])),
+                inflight: inflight.with_label_values(&[*name]),
+            })
+            .collect();
         Metrics {
             registry,
             requests,
-            request_duration,
-            upstream_duration,
-            upstream_requests,
-            inflight,
+            routes,
+            upstreams,
         }
     }
 
-    pub fn observe_request(&self, route: &str, status: u16, seconds: f64) {
-        let buf = itoa_status(status);
-        let status = std::str::from_utf8(&buf).unwrap_or("000");
-        self.requests.with_label_values(&[route, status]).inc();
-        self.request_duration
-            .with_label_values(&[route])
-            .observe(seconds);
+    /// `route`: index in the config, `None` when no route matched.
+    pub fn observe_request(&self, route: Option<usize>, status: u16, seconds: f64) {
+        let series = &self.routes[route.unwrap_or(self.routes.len() - 1)];
+        series.duration.observe(seconds);
+        let status = status.clamp(STATUS_MIN, STATUS_MIN + STATUS_SLOTS as u16 - 1);
+        series.by_status[(status - STATUS_MIN) as usize]
+            .get_or_init(|| {
+                self.requests
+                    .with_label_values(&[series.id.as_str(), &status.to_string()])
+            })
+            .inc();
     }
 
-    pub fn observe_upstream(&self, upstream: &str, outcome: UpstreamOutcome, seconds: f64) {
-        self.upstream_requests
-            .with_label_values(&[upstream, outcome.label()])
-            .inc();
-        self.upstream_duration
-            .with_label_values(&[upstream])
-            .observe(seconds);
+    pub fn observe_upstream(&self, upstream: usize, outcome: UpstreamOutcome, seconds: f64) {
+        let series = &self.upstreams[upstream];
+        series.outcomes[outcome as usize].inc();
+        series.duration.observe(seconds);
     }
 
     /// Counts one upstream call in flight until the guard drops.
-    pub fn inflight(&self, upstream: &str) -> InflightGuard {
-        let gauge = self.inflight.with_label_values(&[upstream]);
+    pub fn inflight(&self, upstream: usize) -> InflightGuard {
+        let gauge = self.upstreams[upstream].inflight.clone();
         gauge.inc();
         InflightGuard(gauge)
     }
@@ -158,22 +192,12 @@ impl Metrics {
     }
 }
 
-pub struct InflightGuard(prometheus::IntGauge);
+pub struct InflightGuard(IntGauge);
 
 impl Drop for InflightGuard {
     fn drop(&mut self) {
         self.0.dec();
     }
-}
-
-/// A status code as three ASCII digits, without allocating.
-fn itoa_status(status: u16) -> [u8; 3] {
-    let s = status.min(999);
-    [
-        b'0' + (s / 100) as u8,
-        b'0' + (s / 10 % 10) as u8,
-        b'0' + (s % 10) as u8,
-    ]
 }
 
 #[cfg(test)]
@@ -183,18 +207,21 @@ mod tests {
     #[test]
     fn renders_prometheus_text_with_bounded_labels() {
         let m = Metrics::new(&["accounts"], &["crm"]);
-        m.observe_request("accounts", 200, 0.003);
-        m.observe_request(NO_ROUTE, 404, 0.0001);
-        m.observe_upstream("crm", UpstreamOutcome::Timeout, 1.0);
-        let guard = m.inflight("crm");
+        m.observe_request(Some(0), 200, 0.003);
+        m.observe_request(Some(0), 200, 0.003);
+        m.observe_request(None, 404, 0.0001);
+        m.observe_upstream(0, UpstreamOutcome::Timeout, 1.0);
+        let guard = m.inflight(0);
         let text = String::from_utf8(m.render()).unwrap();
         assert!(
-            text.contains("seawall_requests_total{route=\"accounts\",status=\"200\"} 1"),
+            text.contains("seawall_requests_total{route=\"accounts\",status=\"200\"} 2"),
             "{text}"
         );
         assert!(text.contains("seawall_requests_total{route=\"_none\",status=\"404\"} 1"));
         assert!(text
             .contains("seawall_upstream_requests_total{outcome=\"timeout\",upstream=\"crm\"} 1"));
+        assert!(text.contains("seawall_upstream_requests_total{outcome=\"ok\",upstream=\"crm\"} 0"));
+        assert!(text.contains("seawall_request_duration_seconds_count{route=\"accounts\"} 2"));
         assert!(text.contains("seawall_inflight_requests{upstream=\"crm\"} 1"));
         drop(guard);
         assert!(String::from_utf8(m.render())

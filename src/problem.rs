@@ -3,6 +3,7 @@
 //! [`Problem`]; [`Problem::response`] is the only place that turns one into bytes.
 
 use bytes::Bytes;
+use http::HeaderValue;
 use pingora_http::ResponseHeader;
 
 /// Why the gateway answered instead of the backend. Messages are for logs; bodies carry only
@@ -80,14 +81,14 @@ impl Problem {
     }
 
     /// The problem+json answer: header (with `X-Request-Id`) and body.
-    pub fn response(&self, request_id: &str) -> (ResponseHeader, Bytes) {
+    pub fn response(&self, request_id: &HeaderValue) -> (ResponseHeader, Bytes) {
         let entry = self.entry();
         let body = serde_json::json!({
             "type": format!("urn:seawall:problem:{}", entry.code.replace('_', "-")),
             "title": entry.title,
             "status": entry.status,
             "code": entry.code,
-            "request_id": request_id,
+            "request_id": crate::request_id::as_str(request_id),
             "retryable": entry.retryable,
         });
         let body = Bytes::from(serde_json::to_vec(&body).unwrap_or_default());
@@ -98,7 +99,7 @@ impl Problem {
         let _ = header.insert_header("content-type", "application/problem+json");
         let _ = header.insert_header("content-length", body.len().to_string());
         let _ = header.insert_header("cache-control", "no-store");
-        let _ = header.insert_header("x-request-id", request_id);
+        let _ = header.insert_header("x-request-id", request_id.clone());
         if let Problem::MethodNotAllowed { allow } = self {
             let _ = header.insert_header("allow", allow.as_str());
         }
@@ -115,7 +116,7 @@ mod tests {
         let problem = Problem::UpstreamUnavailable {
             reason: "connect refused 10.1.2.3:8080".into(),
         };
-        let (header, body) = problem.response("req-1");
+        let (header, body) = problem.response(&HeaderValue::from_static("req-1"));
         assert_eq!(header.status.as_u16(), 502);
         assert_eq!(header.headers["content-type"], "application/problem+json");
         let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
@@ -132,7 +133,7 @@ mod tests {
         let (header, _) = Problem::MethodNotAllowed {
             allow: "GET, HEAD".into(),
         }
-        .response("r");
+        .response(&HeaderValue::from_static("r"));
         assert_eq!(header.status.as_u16(), 405);
         assert_eq!(header.headers["allow"], "GET, HEAD");
     }

@@ -18,6 +18,8 @@ use std::time::Instant;
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use http::HeaderValue;
+use pingora::modules::http::HttpModules;
 use pingora::prelude::*;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{Error, ErrorSource, ErrorType};
@@ -52,7 +54,7 @@ impl SeawallProxy {
 /// Per-request state, shared by the phases.
 pub struct RequestCtx {
     start: Instant,
-    request_id: String,
+    request_id: HeaderValue,
     route: Option<usize>,
     /// Path parameters, decoded, for later phases (auth, cache keys, mediation).
     pub params: PathParams,
@@ -113,7 +115,7 @@ impl SeawallProxy {
             Err(e) => Err(e),
         };
         if let Err(e) = written {
-            tracing::debug!(request_id = %ctx.request_id, error = %e, "could not write problem answer");
+            tracing::debug!(request_id = request_id::as_str(&ctx.request_id), error = %e, "could not write problem answer");
             ctx.status = 499;
         }
     }
@@ -163,10 +165,15 @@ impl SeawallProxy {
 impl ProxyHttp for SeawallProxy {
     type CTX = RequestCtx;
 
+    fn init_downstream_modules(&self, _modules: &mut HttpModules) {
+        // No downstream modules (Pingora adds a disabled compression module by default, which
+        // still runs its filters on every request): answers pass as the backend made them.
+    }
+
     fn new_ctx(&self) -> RequestCtx {
         RequestCtx {
             start: Instant::now(),
-            request_id: String::new(),
+            request_id: HeaderValue::from_static(""),
             route: None,
             params: PathParams::default(),
             deadline: None,
@@ -253,7 +260,8 @@ impl ProxyHttp for SeawallProxy {
             ctx.problem = Some(problem);
             return Err(e);
         };
-        let upstream = &self.gateway.upstreams[self.gateway.config.routes[route].upstream];
+        let upstream_index = self.gateway.config.routes[route].upstream;
+        let upstream = &self.gateway.upstreams[upstream_index];
         let now = Instant::now();
         let remaining = deadline.remaining(now);
         if remaining.is_zero() {
@@ -267,7 +275,7 @@ impl ProxyHttp for SeawallProxy {
         ctx.attempts += 1;
         if ctx.upstream_started.is_none() {
             ctx.upstream_started = Some(now);
-            ctx.upstream_inflight = Some(self.gateway.metrics.inflight(&upstream.name));
+            ctx.upstream_inflight = Some(self.gateway.metrics.inflight(upstream_index));
         }
         Ok(Box::new(upstream.peer(remaining)))
     }
@@ -345,24 +353,22 @@ impl ProxyHttp for SeawallProxy {
         {
             upstream_request.insert_header("x-forwarded-host", host)?;
         }
-        upstream_request.insert_header(http::header::HOST, upstream.host())?;
+        upstream_request.insert_header(http::header::HOST, upstream.host_header().clone())?;
         if let Some(ip) = ctx.client_ip {
             // The socket peer is appended; what the caller sent is kept but never trusted here.
-            let previous: Vec<&str> = upstream_request
-                .headers
-                .get_all("x-forwarded-for")
-                .iter()
-                .filter_map(|v| v.to_str().ok())
-                .collect();
-            let value = if previous.is_empty() {
-                ip.to_string()
-            } else {
-                format!("{}, {ip}", previous.join(", "))
-            };
+            use std::fmt::Write;
+            let mut value = String::with_capacity(48);
+            for previous in upstream_request.headers.get_all("x-forwarded-for") {
+                if let Ok(previous) = previous.to_str() {
+                    value.push_str(previous);
+                    value.push_str(", ");
+                }
+            }
+            let _ = write!(value, "{ip}");
             upstream_request.insert_header("x-forwarded-for", value)?;
         }
         upstream_request.insert_header("x-forwarded-proto", "http")?;
-        upstream_request.insert_header("x-request-id", ctx.request_id.as_str())?;
+        upstream_request.insert_header("x-request-id", ctx.request_id.clone())?;
         Ok(())
     }
 
@@ -449,7 +455,7 @@ impl ProxyHttp for SeawallProxy {
         upstream_response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        upstream_response.insert_header("x-request-id", ctx.request_id.as_str())?;
+        upstream_response.insert_header("x-request-id", ctx.request_id.clone())?;
         ctx.status = upstream_response.status.as_u16();
         Ok(())
     }
@@ -460,6 +466,10 @@ impl ProxyHttp for SeawallProxy {
         e: &Error,
         ctx: &mut RequestCtx,
     ) -> FailToProxy {
+        if ctx.request_id.is_empty() {
+            // Failed before `request_filter` ran.
+            ctx.request_id = request_id::generate();
+        }
         let problem = ctx.problem.clone().or_else(|| self.classify(e, ctx));
         let answered = session.response_written().is_some();
         // Pingora keeps the caller's connection only for failures before an upstream was chosen;
@@ -477,9 +487,7 @@ impl ProxyHttp for SeawallProxy {
             (None, _) => ctx.status = 499,
         }
         ctx.problem = problem;
-        if ctx.request_id.is_empty() {
-            ctx.request_id = request_id::generate();
-        }
+
         FailToProxy {
             error_code: ctx.status,
             can_reuse_downstream: false,
@@ -504,7 +512,7 @@ impl ProxyHttp for SeawallProxy {
         let route_id = route.map(|r| r.id.as_str()).unwrap_or(NO_ROUTE);
         let metrics = &self.gateway.metrics;
         metrics.observe_request(
-            route_id,
+            ctx.route,
             ctx.status,
             now.duration_since(ctx.start).as_secs_f64(),
         );
@@ -523,7 +531,7 @@ impl ProxyHttp for SeawallProxy {
             };
             let seconds = now.duration_since(started).as_secs_f64();
             if let Some(outcome) = outcome {
-                metrics.observe_upstream(upstream_name, outcome, seconds);
+                metrics.observe_upstream(route.upstream, outcome, seconds);
             }
             upstream_ms = Some(seconds * 1000.0);
         }
@@ -533,7 +541,7 @@ impl ProxyHttp for SeawallProxy {
             let req = session.req_header();
             tracing::info!(
                 target: "seawall::access",
-                request_id = %ctx.request_id,
+                request_id = request_id::as_str(&ctx.request_id),
                 client_ip = %ctx.client_ip.map(|ip| ip.to_string()).unwrap_or_default(),
                 method = %req.method,
                 path = %req.uri.path(),

@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use http::HeaderValue;
 use pingora::tls::pkey::PKey;
 use pingora::tls::x509::X509;
 use pingora::upstreams::peer::{HttpPeer, HttpUpstreamRequestPolicy};
@@ -33,7 +34,7 @@ pub struct Upstream {
     pub name: String,
     targets: Vec<SocketAddr>,
     next: AtomicUsize,
-    host: String,
+    host_header: HeaderValue,
     tls: Option<TlsMaterial>,
     connect_timeout: Duration,
 }
@@ -45,15 +46,16 @@ impl Upstream {
             name: config.name.clone(),
             targets: config.targets.clone(),
             next: AtomicUsize::new(fastrand::usize(..config.targets.len().max(1))),
-            host: config.host.clone(),
+            host_header: HeaderValue::from_str(&config.host)
+                .map_err(|_| format!("`{}` cannot be a Host header", config.host))?,
             tls,
             connect_timeout: config.connect_timeout,
         })
     }
 
-    /// The `Host` header the upstream expects.
-    pub fn host(&self) -> &str {
-        &self.host
+    /// The `Host` header the upstream expects, built once.
+    pub fn host_header(&self) -> &HeaderValue {
+        &self.host_header
     }
 
     /// A peer for the next attempt, round robin over the targets (a retry goes to the next
