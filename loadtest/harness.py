@@ -56,6 +56,10 @@ SCENARIOS = [
 ]
 
 IDLE_CONNECTIONS = 10_000
+# Open-loop rates (requests/s) for the latency figures: below every peer's saturation on one core.
+LATENCY_RATES = [2_000, 10_000, 20_000]
+LATENCY_PATH = "/small"
+LATENCY_CONNECTIONS = 50
 # Open files per process; the sandboxes these run in allow at most 20,000 (hard limit).
 NOFILE = 20_000
 
@@ -76,6 +80,22 @@ def parse_wrk(output):
     if non2xx:
         errors += int(non2xx.group(1))
     return {"requests": int(requests.group(1)), "rps": float(rps.group(1)), "errors": errors}
+
+
+def parse_oha(text):
+    """p50/p99/p99.9 latency (ms), requests/s and errors from `oha --output-format json`."""
+    data = json.loads(text)
+    pct = data["latencyPercentiles"]
+    codes = data.get("statusCodeDistribution", {})
+    errors = sum(int(n) for code, n in codes.items() if not str(code).startswith("2"))
+    errors += sum(int(n) for n in data.get("errorDistribution", {}).values())
+    return {
+        "p50_ms": (pct.get("p50") or 0) * 1000,
+        "p99_ms": (pct.get("p99") or 0) * 1000,
+        "p999_ms": (pct.get("p99.9") or 0) * 1000,
+        "rps": data["summary"]["requestsPerSec"],
+        "errors": errors,
+    }
 
 
 def parse_proc_stat(text):
@@ -371,6 +391,16 @@ def measure(peer, scenario, duration, workdir):
     return result
 
 
+def run_oha(port, rate, duration):
+    """Open loop at a fixed rate, coordinated omission corrected."""
+    argv = ["taskset", "-c", LOAD_CORE, "oha", "-z", f"{duration}s", "-q", str(rate), "-c", str(LATENCY_CONNECTIONS),
+            "--latency-correction", "--no-tui", "--output-format", "json", f"http://127.0.0.1:{port}{LATENCY_PATH}"]
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 60, preexec_fn=raise_nofile)
+    if out.returncode != 0:
+        raise RuntimeError("oha failed: " + out.stderr[:300])
+    return parse_oha(out.stdout)
+
+
 def idle_connections(peer, count):
     """RSS growth of the proxy while `count` keep-alive connections sit idle after one request."""
     import asyncio
@@ -424,6 +454,57 @@ def table(results, scenarios, peers, title):
     return "\n".join(lines)
 
 
+def latency_table(latency, peers):
+    lines = [f"### Latency, open loop at fixed rates ({LATENCY_PATH}, {LATENCY_CONNECTIONS} connections, "
+             "`oha --latency-correction`), ms", "",
+             "| rate (req/s) | peer | p50 | p99 | p99.9 |", "|---|---|---|---|---|"]
+    for rate in sorted(latency, key=int):
+        for p in peers:
+            if p in latency[rate]:
+                x = latency[rate][p]
+                lines.append(f"| {rate} | {p} | {x['p50_ms']['median']:.3f} | {x['p99_ms']['median']:.3f} | "
+                             f"{x['p999_ms']['median']:.3f} |")
+    return "\n".join(lines)
+
+
+def gnuplot_script(data_file, svg_file, peers):
+    """A gnuplot script: latency (log scale) by rate, one line per peer and percentile."""
+    plots = []
+    for i, p in enumerate(peers):
+        for j, (col, label) in enumerate([(3, "p50"), (4, "p99"), (5, "p99.9")]):
+            plots.append(f"'{data_file}' using 2:(strcol(1) eq '{p}' ? ${col} : 1/0) with linespoints "
+                         f"lc {i + 1} dt {j + 1} title '{p} {label}'")
+    return "\n".join([
+        "set terminal svg size 900,500 dynamic",
+        f"set output '{svg_file}'",
+        "set title 'Latency per peer at fixed request rates (open loop, lower is better)'",
+        "set xlabel 'requests/s'",
+        "set ylabel 'latency (ms)'",
+        "set logscale y",
+        "set key outside right",
+        "set grid",
+        "plot " + ", \\\n     ".join(plots),
+    ]) + "\n"
+
+
+def plot_latency(latency, peers, svg_file):
+    if not shutil.which("gnuplot"):
+        print("loadtest: gnuplot not found; no plot", file=sys.stderr)
+        return False
+    with tempfile.TemporaryDirectory() as d:
+        data = os.path.join(d, "latency.dat")
+        with open(data, "w") as f:
+            for rate in sorted(latency, key=int):
+                for p in peers:
+                    if p in latency[rate]:
+                        x = latency[rate][p]
+                        f.write(f"{p} {rate} {x['p50_ms']['median']} {x['p99_ms']['median']} {x['p999_ms']['median']}\n")
+        script = os.path.join(d, "plot.gp")
+        with open(script, "w") as f:
+            f.write(gnuplot_script(data, svg_file, peers))
+        return subprocess.run(["gnuplot", script], capture_output=True).returncode == 0
+
+
 def machine_facts():
     model = "unknown"
     try:
@@ -446,16 +527,23 @@ def main(argv=None):
     ap.add_argument("--peers", default="seawall,nginx,haproxy")
     ap.add_argument("--no-logs-table", action="store_true", help="skip the second table (access logs on)")
     ap.add_argument("--idle", type=int, default=IDLE_CONNECTIONS, help="idle connections (0: skip)")
+    ap.add_argument("--no-latency", dest="latency", action="store_false", help="skip the open-loop latency runs")
+    ap.add_argument("--latency-rates", default=",".join(str(r) for r in LATENCY_RATES))
+    ap.add_argument("--latency-duration", type=int, default=8)
     ap.add_argument("--smoke", action="store_true", help="1 s per scenario, 1 round, at most 200 connections, no logs table")
     ap.add_argument("--out", default=os.path.dirname(os.path.abspath(__file__)))
     ap.add_argument("--command", default="loadtest/run", help="the command line quoted in RESULTS.md")
     args = ap.parse_args(argv)
+    args.latency_rates = [int(r) for r in args.latency_rates.split(",") if r]
+    if args.latency and not shutil.which("oha"):
+        print("loadtest: oha not found (cargo install oha --locked); skipping latency", file=sys.stderr)
+        args.latency = False
 
     wanted = args.scenarios.split(",")
     scenarios = [s for s in SCENARIOS if s.name in wanted]
     peers = args.peers.split(",")
     if args.smoke:
-        args.rounds, args.duration, args.no_logs_table = 1, 1, True
+        args.rounds, args.duration, args.no_logs_table, args.latency = 1, 1, True, False
         scenarios = [s for s in scenarios if s.connections <= 200]
         args.idle = min(args.idle, 200)
 
@@ -493,6 +581,17 @@ def main(argv=None):
                                   f"{r['cpu_us_per_request']:6.1f} µs/req errors={r['errors']}", flush=True)
                             if r["errors"] or not r["requests"]:
                                 failures.append(f"{tag} {s.name} {p.name}: {r['errors']} errors, {r['requests']} requests")
+                latency = {}
+                if args.latency and tag == "nologs":
+                    for rnd in range(args.rounds):
+                        for rate in args.latency_rates:
+                            for p in live:
+                                r = run_oha(p.port, rate, args.latency_duration)
+                                latency.setdefault(str(rate), {}).setdefault(p.name, []).append(r)
+                                print(f"[latency round {rnd + 1}] {rate:6} req/s {p.name:8} p50 {r['p50_ms']:.3f} ms "
+                                      f"p99 {r['p99_ms']:.3f} ms p99.9 {r['p999_ms']:.3f} ms errors={r['errors']}", flush=True)
+                                if r["errors"]:
+                                    failures.append(f"latency {rate} {p.name}: {r['errors']} errors")
                 idle = {}
                 if args.idle and tag == "nologs":
                     for p in live:
@@ -511,7 +610,12 @@ def main(argv=None):
                         "peak_rss_kb": max(r["peak_rss_kb"] for r in rs),
                         "errors": sum(r["errors"] for r in rs),
                     }
-            report["tables"][tag] = {"scenarios": summary, "idle": idle}
+            lat_summary = {
+                rate: {pname: {k: summarize([r[k] for r in rs]) for k in ("p50_ms", "p99_ms", "p999_ms")}
+                       for pname, rs in by_peer.items()}
+                for rate, by_peer in latency.items()
+            }
+            report["tables"][tag] = {"scenarios": summary, "idle": idle, "latency": lat_summary}
     finally:
         os.killpg(backend.pid, signal.SIGTERM)
         backend.wait(timeout=10)
@@ -540,6 +644,12 @@ def write_report(report, scenarios, peers, out, smoke):
     for tag, t in report["tables"].items():
         parts.append(table(t["scenarios"], scenarios, peers, titles[tag]))
         parts.append("")
+        if t.get("latency"):
+            parts.append(latency_table(t["latency"], peers))
+            parts.append("")
+            if not smoke and plot_latency(t["latency"], peers, os.path.join(out, "latency.svg")):
+                parts.append("![latency percentiles per peer and rate](latency.svg)")
+                parts.append("")
         if t.get("idle"):
             parts.append("| idle keep-alive connections | peer | RSS growth per 1000 connections (kB) |")
             parts.append("|---|---|---|")

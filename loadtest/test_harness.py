@@ -55,6 +55,26 @@ class ParsingTest(unittest.TestCase):
         self.assertEqual((s["median"], s["min"], s["max"], s["n"]), (20.0, 10.0, 30.0, 3))
 
 
+OHA_JSON = """{"summary": {"successRate": 1.0, "total": 8.0, "requestsPerSec": 9999.5},
+ "latencyPercentiles": {"p10": 0.0001, "p50": 0.00025, "p99": 0.0012, "p99.9": 0.004},
+ "statusCodeDistribution": {"200": 79990, "502": 3}, "errorDistribution": {"connection closed": 2}}"""
+
+
+class OhaTest(unittest.TestCase):
+    def test_oha_json(self):
+        r = harness.parse_oha(OHA_JSON)
+        self.assertAlmostEqual(r["p50_ms"], 0.25)
+        self.assertAlmostEqual(r["p99_ms"], 1.2)
+        self.assertAlmostEqual(r["p999_ms"], 4.0)
+        self.assertAlmostEqual(r["rps"], 9999.5)
+        self.assertEqual(r["errors"], 5)
+
+    def test_plot_script_has_a_line_per_peer_and_percentile(self):
+        script = harness.gnuplot_script("d.dat", "o.svg", ["seawall", "nginx"])
+        self.assertEqual(script.count("linespoints"), 6)
+        self.assertIn("set output 'o.svg'", script)
+
+
 class ConfigTest(unittest.TestCase):
     def test_peer_configs_match_each_other(self):
         with tempfile.TemporaryDirectory() as d:

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use http::{Method, Response, StatusCode};
+use http::{HeaderValue, Method, Response, StatusCode};
 use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
 
@@ -22,17 +22,23 @@ impl AdminApp {
     }
 }
 
-fn text(status: StatusCode, content_type: &str, body: Vec<u8>) -> Response<Vec<u8>> {
+fn text(
+    status: StatusCode,
+    content_type: &str,
+    body: Vec<u8>,
+    id: &HeaderValue,
+) -> Response<Vec<u8>> {
     Response::builder()
         .status(status)
         .header("content-type", content_type)
+        .header("x-request-id", id.clone())
         .header("content-length", body.len())
         .header("cache-control", "no-store")
         .body(body)
         .unwrap_or_default()
 }
 
-fn problem(problem: Problem, id: &http::HeaderValue) -> Response<Vec<u8>> {
+fn problem(problem: Problem, id: &HeaderValue) -> Response<Vec<u8>> {
     let (header, body) = problem.response(id);
     let mut response = Response::new(body.to_vec());
     *response.status_mut() = header.status;
@@ -60,21 +66,25 @@ impl ServeHttp for AdminApp {
                 StatusCode::OK,
                 "text/plain; version=0.0.4; charset=utf-8",
                 self.gateway.metrics.render(),
+                &id,
             ),
             "/healthz" => text(
                 StatusCode::OK,
                 "text/plain; charset=utf-8",
                 b"ok\n".to_vec(),
+                &id,
             ),
             "/readyz" if self.gateway.is_ready() => text(
                 StatusCode::OK,
                 "text/plain; charset=utf-8",
                 b"ready\n".to_vec(),
+                &id,
             ),
             "/readyz" => text(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "text/plain; charset=utf-8",
-                b"not ready: listeners not bound yet\n".to_vec(),
+                b"not ready: listeners not bound yet, or draining\n".to_vec(),
+                &id,
             ),
             _ => problem(Problem::RouteNotFound, &id),
         }
