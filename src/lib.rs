@@ -16,6 +16,7 @@
 pub mod admin;
 pub mod config;
 pub mod demo;
+pub mod forwarding;
 pub mod gateway;
 pub mod lifecycle;
 pub mod logging;

@@ -7,6 +7,8 @@
 
 use std::sync::OnceLock;
 
+use crate::problem::Problem;
+
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
@@ -37,6 +39,23 @@ pub enum UpstreamOutcome {
 }
 
 impl UpstreamOutcome {
+    /// How an upstream call ended, from what the request saw; `None` when the caller's own
+    /// failure (too slow, too large, gone) ended it, which says nothing about the backend.
+    pub fn of(
+        problem: Option<&Problem>,
+        upstream_status: Option<u16>,
+        failed: bool,
+        caller_failed: bool,
+    ) -> Option<Self> {
+        match (problem, upstream_status) {
+            (Some(Problem::UpstreamTimeout), _) => Some(UpstreamOutcome::Timeout),
+            (Some(Problem::RequestTimeout | Problem::RequestTooLarge { .. }), _) => None,
+            (_, Some(status)) if status < 500 && !failed => Some(UpstreamOutcome::Ok),
+            (None, _) if caller_failed => None,
+            _ => Some(UpstreamOutcome::Error),
+        }
+    }
+
     const ALL: [UpstreamOutcome; 3] = [
         UpstreamOutcome::Ok,
         UpstreamOutcome::Error,

@@ -4,6 +4,7 @@
 
 use bytes::Bytes;
 use http::HeaderValue;
+use pingora::{Error, ErrorSource, ErrorType};
 use pingora_http::ResponseHeader;
 
 /// Why the gateway answered instead of the backend. Messages are for logs; bodies carry only
@@ -107,6 +108,54 @@ impl Problem {
     }
 }
 
+impl Problem {
+    /// What a proxying error means for the caller, decided by where it came from, so a slow or
+    /// vanished caller is never an upstream timeout. `None`: the caller is gone, nobody to answer.
+    pub fn from_proxy_error(
+        e: &Error,
+        body_complete: bool,
+        deadline_passed: bool,
+    ) -> Option<Problem> {
+        let reason = || e.to_string();
+        match e.esource() {
+            ErrorSource::Upstream if is_timeout(e.etype()) => {
+                if !body_complete && matches!(e.etype(), ErrorType::ReadTimedout) {
+                    // The upstream was waiting for the rest of the caller's body.
+                    Some(Problem::RequestTimeout)
+                } else if deadline_passed || !matches!(e.etype(), ErrorType::ConnectTimedout) {
+                    Some(Problem::UpstreamTimeout)
+                } else {
+                    // One connect attempt timed out with time left: the backend is unreachable.
+                    Some(Problem::UpstreamUnavailable { reason: reason() })
+                }
+            }
+            ErrorSource::Upstream => Some(Problem::UpstreamUnavailable { reason: reason() }),
+            ErrorSource::Downstream => match e.etype() {
+                ErrorType::ConnectionClosed | ErrorType::ReadError | ErrorType::WriteError => None,
+                ErrorType::ReadTimedout => Some(Problem::RequestTimeout),
+                _ => Some(Problem::BadRequest { reason: reason() }),
+            },
+            ErrorSource::Internal | ErrorSource::Unset => match e.etype() {
+                ErrorType::HTTPStatus(400) | ErrorType::InvalidHTTPHeader => {
+                    Some(Problem::BadRequest { reason: reason() })
+                }
+                _ => Some(Problem::Internal { reason: reason() }),
+            },
+        }
+    }
+}
+
+/// Pingora's timeout kinds.
+pub fn is_timeout(etype: &ErrorType) -> bool {
+    matches!(
+        etype,
+        ErrorType::ConnectTimedout
+            | ErrorType::ReadTimedout
+            | ErrorType::WriteTimedout
+            | ErrorType::TLSHandshakeTimedout
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -126,6 +175,51 @@ mod tests {
         assert_eq!(json["request_id"], "req-1");
         assert_eq!(json["retryable"], true);
         assert!(!String::from_utf8_lossy(&body).contains("10.1.2.3"));
+    }
+
+    #[test]
+    fn errors_are_classified_by_their_source() {
+        let up = |t| Error::new_up(t);
+        let down = |t| Error::new_down(t);
+        let classify = |e: &Error, body_complete, passed| {
+            Problem::from_proxy_error(e, body_complete, passed).map(|p| p.code())
+        };
+        assert_eq!(
+            classify(&up(ErrorType::ReadTimedout), true, true),
+            Some("upstream_timeout")
+        );
+        assert_eq!(
+            classify(&up(ErrorType::ConnectTimedout), true, true),
+            Some("upstream_timeout")
+        );
+        assert_eq!(
+            classify(&up(ErrorType::ConnectTimedout), true, false),
+            Some("upstream_unavailable")
+        );
+        assert_eq!(
+            classify(&up(ErrorType::ConnectRefused), true, false),
+            Some("upstream_unavailable")
+        );
+        assert_eq!(
+            classify(&up(ErrorType::ReadTimedout), false, true),
+            Some("request_timeout")
+        );
+        assert_eq!(
+            classify(&down(ErrorType::ReadTimedout), false, false),
+            Some("request_timeout")
+        );
+        assert_eq!(
+            classify(&down(ErrorType::ConnectionClosed), true, true),
+            None
+        );
+        assert_eq!(
+            classify(&down(ErrorType::InvalidHTTPHeader), true, false),
+            Some("bad_request")
+        );
+        assert_eq!(
+            classify(&Error::new_in(ErrorType::InternalError), true, false),
+            Some("internal_error")
+        );
     }
 
     #[test]

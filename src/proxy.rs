@@ -25,21 +25,13 @@ use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{Error, ErrorSource, ErrorType};
 use pingora_http::{RequestHeader, ResponseHeader};
 
+use crate::forwarding::{self, Forwarded};
 use crate::gateway::{ActiveRequest, Gateway};
 use crate::metrics::{InflightGuard, UpstreamOutcome, NO_ROUTE};
-use crate::problem::Problem;
+use crate::problem::{is_timeout, Problem};
 use crate::request_id;
 use crate::routing::{has_dot_segment, PathParams, RouteMatch};
 use crate::upstream::Deadline;
-
-/// Response headers that describe the upstream connection, not the answer.
-const HOP_BY_HOP_RESPONSE: &[&str] = &[
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authenticate",
-    "upgrade",
-    "te",
-];
 
 pub struct SeawallProxy {
     gateway: Arc<Gateway>,
@@ -86,16 +78,6 @@ impl RequestCtx {
     }
 }
 
-fn is_timeout(etype: &ErrorType) -> bool {
-    matches!(
-        etype,
-        ErrorType::ConnectTimedout
-            | ErrorType::ReadTimedout
-            | ErrorType::WriteTimedout
-            | ErrorType::TLSHandshakeTimedout
-    )
-}
-
 /// The error for a phase that set `ctx.problem`: only its presence matters to Pingora.
 fn refused(problem: &Problem) -> Box<Error> {
     Error::explain(ErrorType::HTTPStatus(problem.status()), problem.to_string())
@@ -117,46 +99,6 @@ impl SeawallProxy {
         if let Err(e) = written {
             tracing::debug!(request_id = request_id::as_str(&ctx.request_id), error = %e, "could not write problem answer");
             ctx.status = 499;
-        }
-    }
-
-    /// Decides what an error means for the caller, by where it came from.
-    fn classify(&self, e: &Error, ctx: &RequestCtx) -> Option<Problem> {
-        match e.esource() {
-            ErrorSource::Upstream if is_timeout(e.etype()) => {
-                let deadline_passed = ctx.deadline.is_some_and(|d| d.expired(Instant::now()));
-                if !ctx.body_complete && matches!(e.etype(), ErrorType::ReadTimedout) {
-                    // The upstream was waiting for the rest of the caller's body: the caller's fault.
-                    Some(Problem::RequestTimeout)
-                } else if deadline_passed || !matches!(e.etype(), ErrorType::ConnectTimedout) {
-                    Some(Problem::UpstreamTimeout)
-                } else {
-                    Some(Problem::UpstreamUnavailable {
-                        reason: e.to_string(),
-                    })
-                }
-            }
-            ErrorSource::Upstream => Some(Problem::UpstreamUnavailable {
-                reason: e.to_string(),
-            }),
-            ErrorSource::Downstream => match e.etype() {
-                // The caller is gone: nobody to answer.
-                ErrorType::ConnectionClosed | ErrorType::ReadError | ErrorType::WriteError => None,
-                ErrorType::ReadTimedout => Some(Problem::RequestTimeout),
-                _ => Some(Problem::BadRequest {
-                    reason: e.to_string(),
-                }),
-            },
-            ErrorSource::Internal | ErrorSource::Unset => match e.etype() {
-                ErrorType::HTTPStatus(400) | ErrorType::InvalidHTTPHeader => {
-                    Some(Problem::BadRequest {
-                        reason: e.to_string(),
-                    })
-                }
-                _ => Some(Problem::Internal {
-                    reason: e.to_string(),
-                }),
-            },
         }
     }
 }
@@ -345,30 +287,13 @@ impl ProxyHttp for SeawallProxy {
             })?;
             upstream_request.set_uri(uri);
         }
-        if let Some(host) = session
-            .req_header()
-            .headers
-            .get(http::header::HOST)
-            .cloned()
-        {
-            upstream_request.insert_header("x-forwarded-host", host)?;
-        }
-        upstream_request.insert_header(http::header::HOST, upstream.host_header().clone())?;
-        if let Some(ip) = ctx.client_ip {
-            // The socket peer is appended; what the caller sent is kept but never trusted here.
-            use std::fmt::Write;
-            let mut value = String::with_capacity(48);
-            for previous in upstream_request.headers.get_all("x-forwarded-for") {
-                if let Ok(previous) = previous.to_str() {
-                    value.push_str(previous);
-                    value.push_str(", ");
-                }
-            }
-            let _ = write!(value, "{ip}");
-            upstream_request.insert_header("x-forwarded-for", value)?;
-        }
-        upstream_request.insert_header("x-forwarded-proto", "http")?;
-        upstream_request.insert_header("x-request-id", ctx.request_id.clone())?;
+        let forwarded = Forwarded {
+            original_host: session.req_header().headers.get(http::header::HOST),
+            client_ip: ctx.client_ip,
+            request_id: &ctx.request_id,
+            upstream_host: upstream.host_header(),
+        };
+        forwarding::upstream_request(upstream_request, &forwarded)?;
         Ok(())
     }
 
@@ -410,22 +335,7 @@ impl ProxyHttp for SeawallProxy {
             .into_up());
         }
         ctx.upstream_status = Some(upstream_response.status.as_u16());
-        let nominated: Vec<String> = upstream_response
-            .headers
-            .get_all(http::header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .map(|t| t.trim().to_ascii_lowercase())
-            .filter(|t| !t.is_empty() && t != "close" && t != "keep-alive")
-            .collect();
-        for name in HOP_BY_HOP_RESPONSE
-            .iter()
-            .copied()
-            .chain(nominated.iter().map(String::as_str))
-        {
-            upstream_response.remove_header(name);
-        }
+        forwarding::strip_hop_by_hop(upstream_response);
         Ok(())
     }
 
@@ -470,7 +380,11 @@ impl ProxyHttp for SeawallProxy {
             // Failed before `request_filter` ran.
             ctx.request_id = request_id::generate();
         }
-        let problem = ctx.problem.clone().or_else(|| self.classify(e, ctx));
+        let deadline_passed = ctx.deadline.is_some_and(|d| d.expired(Instant::now()));
+        let problem = ctx
+            .problem
+            .clone()
+            .or_else(|| Problem::from_proxy_error(e, ctx.body_complete, deadline_passed));
         let answered = session.response_written().is_some();
         // Pingora keeps the caller's connection only for failures before an upstream was chosen;
         // otherwise say `Connection: close` so the caller does not reuse a closing connection.
@@ -521,14 +435,13 @@ impl ProxyHttp for SeawallProxy {
         let mut upstream_ms = None;
         if let (Some(started), Some(route)) = (ctx.upstream_started, route) {
             upstream_name = &self.gateway.upstreams[route.upstream].name;
-            let outcome = match (&ctx.problem, ctx.upstream_status) {
-                (Some(Problem::UpstreamTimeout), _) => Some(UpstreamOutcome::Timeout),
-                // The caller's own failure says nothing about the backend.
-                (Some(Problem::RequestTimeout | Problem::RequestTooLarge { .. }), _) => None,
-                (_, Some(status)) if status < 500 && e.is_none() => Some(UpstreamOutcome::Ok),
-                (None, _) if e.is_some_and(|e| e.esource() == &ErrorSource::Downstream) => None,
-                _ => Some(UpstreamOutcome::Error),
-            };
+            let caller_failed = e.is_some_and(|e| e.esource() == &ErrorSource::Downstream);
+            let outcome = UpstreamOutcome::of(
+                ctx.problem.as_ref(),
+                ctx.upstream_status,
+                e.is_some(),
+                caller_failed,
+            );
             let seconds = now.duration_since(started).as_secs_f64();
             if let Some(outcome) = outcome {
                 metrics.observe_upstream(route.upstream, outcome, seconds);
