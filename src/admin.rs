@@ -22,12 +22,7 @@ impl AdminApp {
     }
 }
 
-fn text(
-    status: StatusCode,
-    content_type: &str,
-    body: Vec<u8>,
-    id: &HeaderValue,
-) -> Response<Vec<u8>> {
+fn text(status: StatusCode, content_type: &str, body: Vec<u8>, id: &HeaderValue) -> Response<Vec<u8>> {
     Response::builder()
         .status(status)
         .header("content-type", content_type)
@@ -54,32 +49,16 @@ impl ServeHttp for AdminApp {
         let path = req.uri.path().to_string();
         let method = req.method.clone();
         if method != Method::GET && method != Method::HEAD {
-            return problem(
-                Problem::MethodNotAllowed {
-                    allow: "GET, HEAD".into(),
-                },
-                &id,
-            );
+            return problem(Problem::MethodNotAllowed { allow: "GET, HEAD".into() }, &id);
         }
         match path.as_str() {
-            "/metrics" => text(
-                StatusCode::OK,
-                "text/plain; version=0.0.4; charset=utf-8",
-                self.gateway.metrics.render(),
-                &id,
-            ),
-            "/healthz" => text(
-                StatusCode::OK,
-                "text/plain; charset=utf-8",
-                b"ok\n".to_vec(),
-                &id,
-            ),
-            "/readyz" if self.gateway.is_ready() => text(
-                StatusCode::OK,
-                "text/plain; charset=utf-8",
-                b"ready\n".to_vec(),
-                &id,
-            ),
+            "/metrics" => {
+                text(StatusCode::OK, "text/plain; version=0.0.4; charset=utf-8", self.gateway.metrics.render(), &id)
+            }
+            "/healthz" => text(StatusCode::OK, "text/plain; charset=utf-8", b"ok\n".to_vec(), &id),
+            "/readyz" if self.gateway.is_ready() => {
+                text(StatusCode::OK, "text/plain; charset=utf-8", b"ready\n".to_vec(), &id)
+            }
             "/readyz" => text(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "text/plain; charset=utf-8",

@@ -29,10 +29,7 @@ impl Gateway {
         for u in &config.upstreams {
             match Upstream::new(u) {
                 Ok(upstream) => upstreams.push(upstream),
-                Err(message) => errors.push(ConfigError::at(
-                    format!("upstreams.{}.tls", u.name),
-                    message,
-                )),
+                Err(message) => errors.push(ConfigError::at(format!("upstreams.{}.tls", u.name), message)),
             }
         }
         if !errors.is_empty() {

@@ -14,10 +14,12 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod auth;
 pub mod config;
 pub mod demo;
 pub mod forwarding;
 pub mod gateway;
+pub mod genesys;
 pub mod lifecycle;
 pub mod logging;
 pub mod metrics;
@@ -73,26 +75,15 @@ pub fn build(config: Config) -> Result<Built, Vec<ConfigError>> {
     }
     server.add_service(proxy);
 
-    let mut admin = Service::new(
-        "seawall admin".to_string(),
-        admin::AdminApp::new(gateway.clone()),
-    );
+    let mut admin = Service::new("seawall admin".to_string(), admin::AdminApp::new(gateway.clone()));
     admin.add_tcp(&gateway.config.admin.address.to_string());
     admin.threads = Some(1);
     server.add_service(admin);
 
-    let probe_targets = gateway
-        .config
-        .listeners
-        .iter()
-        .map(|l| loopback_for(l.address))
-        .collect();
+    let probe_targets = gateway.config.listeners.iter().map(|l| loopback_for(l.address)).collect();
     server.add_service(background_service(
         "readiness",
-        ReadinessProbe {
-            gateway: gateway.clone(),
-            targets: probe_targets,
-        },
+        ReadinessProbe { gateway: gateway.clone(), targets: probe_targets },
     ));
     Ok(Built { server, gateway })
 }
@@ -100,9 +91,7 @@ pub fn build(config: Config) -> Result<Built, Vec<ConfigError>> {
 impl Built {
     /// Runs until `shutdown` says so. Blocks the calling thread.
     pub fn run(self, shutdown: Box<dyn pingora::server::ShutdownSignalWatch>) {
-        self.server.run(RunArgs {
-            shutdown_signal: shutdown,
-        });
+        self.server.run(RunArgs { shutdown_signal: shutdown });
     }
 }
 

@@ -16,11 +16,8 @@ use crate::gateway::Gateway;
 
 /// Every address the gateway will listen on, with a name for messages.
 pub fn addresses(config: &Config) -> Vec<(String, SocketAddr)> {
-    let mut out: Vec<(String, SocketAddr)> = config
-        .listeners
-        .iter()
-        .map(|l| (format!("listener `{}`", l.name), l.address))
-        .collect();
+    let mut out: Vec<(String, SocketAddr)> =
+        config.listeners.iter().map(|l| (format!("listener `{}`", l.name), l.address)).collect();
     out.push(("admin listener".to_string(), config.admin.address));
     out
 }
@@ -29,8 +26,7 @@ pub fn addresses(config: &Config) -> Vec<(String, SocketAddr)> {
 pub fn check_addresses_free(addresses: &[(String, SocketAddr)]) -> Result<(), String> {
     for (what, address) in addresses {
         // Rust's std sets SO_REUSEADDR like Pingora does, so a socket in TIME_WAIT is no false alarm.
-        TcpListener::bind(address)
-            .map_err(|e| format!("cannot listen on {address} ({what}): {e}"))?;
+        TcpListener::bind(address).map_err(|e| format!("cannot listen on {address} ({what}): {e}"))?;
     }
     Ok(())
 }
@@ -43,11 +39,9 @@ pub struct UnixSignals;
 impl ShutdownSignalWatch for UnixSignals {
     async fn recv(&self) -> ShutdownSignal {
         use tokio::signal::unix::{signal, SignalKind};
-        let (Ok(mut term), Ok(mut int), Ok(mut quit)) = (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::interrupt()),
-            signal(SignalKind::quit()),
-        ) else {
+        let (Ok(mut term), Ok(mut int), Ok(mut quit)) =
+            (signal(SignalKind::terminate()), signal(SignalKind::interrupt()), signal(SignalKind::quit()))
+        else {
             tracing::error!("cannot install signal handlers; exiting");
             return ShutdownSignal::FastShutdown;
         };
@@ -121,38 +115,27 @@ pub fn take_sighup() -> std::io::Result<()> {
 
 /// Once Pingora starts its graceful shutdown, waits until no request is in flight (or the grace
 /// period passes) and exits the process with 0. Pingora's own grace period is a fixed sleep.
-pub fn exit_when_drained(
-    mut phases: tokio::sync::broadcast::Receiver<ExecutionPhase>,
-    gateway: Arc<Gateway>,
-) {
+pub fn exit_when_drained(mut phases: tokio::sync::broadcast::Receiver<ExecutionPhase>, gateway: Arc<Gateway>) {
     let grace = gateway.config.server.grace_period;
-    let spawned = std::thread::Builder::new()
-        .name("drain".into())
-        .spawn(move || loop {
-            match phases.blocking_recv() {
-                Ok(ExecutionPhase::GracefulTerminate) => {
-                    let start = Instant::now();
-                    while gateway.active_requests() > 0 && start.elapsed() < grace {
-                        std::thread::sleep(Duration::from_millis(10));
-                    }
-                    let left = gateway.active_requests();
-                    if left > 0 {
-                        tracing::warn!(
-                            requests = left,
-                            "grace period over; exiting with requests still in flight"
-                        );
-                    } else {
-                        tracing::info!(
-                            drain_ms = start.elapsed().as_millis() as u64,
-                            "drained; exiting"
-                        );
-                    }
-                    std::process::exit(0);
+    let spawned = std::thread::Builder::new().name("drain".into()).spawn(move || loop {
+        match phases.blocking_recv() {
+            Ok(ExecutionPhase::GracefulTerminate) => {
+                let start = Instant::now();
+                while gateway.active_requests() > 0 && start.elapsed() < grace {
+                    std::thread::sleep(Duration::from_millis(10));
                 }
-                Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
-                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                let left = gateway.active_requests();
+                if left > 0 {
+                    tracing::warn!(requests = left, "grace period over; exiting with requests still in flight");
+                } else {
+                    tracing::info!(drain_ms = start.elapsed().as_millis() as u64, "drained; exiting");
+                }
+                std::process::exit(0);
             }
-        });
+            Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+        }
+    });
     if let Err(e) = spawned {
         tracing::warn!(error = %e, "cannot start the drain watcher; SIGTERM will wait the whole grace period");
     }
@@ -164,26 +147,18 @@ const LISTEN_DEADLINE: Duration = Duration::from_secs(10);
 /// Exits with 2 when the listeners do not accept connections soon after start (Pingora binds
 /// inside a task and only logs a panic there): the gateway never runs on without them.
 pub fn exit_unless_listening(gateway: Arc<Gateway>, addresses: Vec<(String, SocketAddr)>) {
-    let spawned = std::thread::Builder::new()
-        .name("listen-check".into())
-        .spawn(move || {
-            let start = Instant::now();
-            while !gateway.is_ready() {
-                if start.elapsed() > LISTEN_DEADLINE {
-                    let list: Vec<String> = addresses
-                        .iter()
-                        .map(|(what, a)| format!("{a} ({what})"))
-                        .collect();
-                    tracing::error!(
-                        "listeners not accepting after {LISTEN_DEADLINE:?}: {}",
-                        list.join(", ")
-                    );
-                    eprintln!("seawall: listeners did not start: {}", list.join(", "));
-                    std::process::exit(2);
-                }
-                std::thread::sleep(Duration::from_millis(20));
+    let spawned = std::thread::Builder::new().name("listen-check".into()).spawn(move || {
+        let start = Instant::now();
+        while !gateway.is_ready() {
+            if start.elapsed() > LISTEN_DEADLINE {
+                let list: Vec<String> = addresses.iter().map(|(what, a)| format!("{a} ({what})")).collect();
+                tracing::error!("listeners not accepting after {LISTEN_DEADLINE:?}: {}", list.join(", "));
+                eprintln!("seawall: listeners did not start: {}", list.join(", "));
+                std::process::exit(2);
             }
-        });
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    });
     if let Err(e) = spawned {
         tracing::warn!(error = %e, "cannot start the listener check");
     }

@@ -37,6 +37,11 @@ enum Command {
         #[arg(short, long)]
         config: PathBuf,
     },
+    /// Helpers for Genesys Cloud.
+    Genesys {
+        #[command(subcommand)]
+        command: GenesysCommand,
+    },
     /// Start the embedded demo: gateway + simulated CRM on loopback, with curl lines to try.
     Demo {
         /// Public port of the gateway.
@@ -45,6 +50,22 @@ enum Command {
         /// Admin port (/metrics /healthz /readyz).
         #[arg(long, default_value_t = 9090)]
         admin_port: u16,
+    },
+}
+
+#[derive(Subcommand)]
+enum GenesysCommand {
+    /// Turn a saved `GET /api/v2/ipranges` answer into an allowlist file for `ip_allowlists.*.files`.
+    Ipranges {
+        /// The org's region, e.g. us-east-1.
+        #[arg(long)]
+        region: String,
+        /// The saved answer (JSON). Fetching it live with client credentials is not offered yet.
+        #[arg(long)]
+        from: Option<PathBuf>,
+        /// Where to write the allowlist (default: stdout).
+        #[arg(short, long)]
+        output: Option<PathBuf>,
     },
 }
 
@@ -63,6 +84,9 @@ fn main() -> ExitCode {
             }
             Err(errors) => config_errors(&errors),
         },
+        Command::Genesys { command: GenesysCommand::Ipranges { region, from, output } } => {
+            genesys_ipranges(&region, from.as_deref(), output.as_deref())
+        }
         Command::Demo { port, admin_port } => {
             let ports = DemoPorts { port, admin_port };
             match demo::build(&ports) {
@@ -97,6 +121,43 @@ fn validate(path: &std::path::Path) -> ExitCode {
     }
 }
 
+fn genesys_ipranges(region: &str, from: Option<&std::path::Path>, output: Option<&std::path::Path>) -> ExitCode {
+    let Some(from) = from else {
+        eprintln!(
+            "seawall: genesys ipranges: fetching the ranges live is not supported yet; save \
+             `GET /api/v2/ipranges` to a file and pass it with --from FILE"
+        );
+        return ExitCode::from(1);
+    };
+    let answer = match std::fs::read_to_string(from) {
+        Ok(text) => text,
+        Err(e) => {
+            eprintln!("seawall: genesys ipranges: cannot read `{}`: {e}", from.display());
+            return ExitCode::from(1);
+        }
+    };
+    let file = match seawall::genesys::ipranges(&answer, region) {
+        Ok(file) => file,
+        Err(message) => {
+            eprintln!("seawall: genesys ipranges: `{}`: {message}", from.display());
+            return ExitCode::from(1);
+        }
+    };
+    let mut text = serde_json::to_string_pretty(&file).unwrap_or_default();
+    text.push('\n');
+    match output {
+        None => print!("{text}"),
+        Some(path) => {
+            if let Err(e) = std::fs::write(path, text) {
+                eprintln!("seawall: genesys ipranges: cannot write `{}`: {e}", path.display());
+                return ExitCode::from(2);
+            }
+            eprintln!("{}: {} data-actions ranges for {region}", path.display(), file.cidrs.len());
+        }
+    }
+    ExitCode::SUCCESS
+}
+
 fn config_errors(errors: &[ConfigError]) -> ExitCode {
     for e in errors {
         eprintln!("seawall: config: {e}");
@@ -115,10 +176,7 @@ fn serve(built: Built, banner: Option<String>) -> ExitCode {
         eprintln!("seawall: cannot install the SIGHUP handler: {e}");
         return ExitCode::from(2);
     }
-    lifecycle::exit_when_drained(
-        built.server.watch_execution_phase(),
-        Arc::clone(&built.gateway),
-    );
+    lifecycle::exit_when_drained(built.server.watch_execution_phase(), Arc::clone(&built.gateway));
     if let Some(banner) = banner {
         let gateway = Arc::clone(&built.gateway);
         std::thread::spawn(move || {

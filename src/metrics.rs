@@ -10,18 +10,16 @@ use std::sync::OnceLock;
 use crate::problem::Problem;
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
-    IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
 };
 
 /// The `route` label of requests that matched no route.
 pub const NO_ROUTE: &str = "_none";
 
 /// Latency buckets in seconds: from a cache hit to the longest Genesys timeout.
-const DURATION_BUCKETS: &[f64] = &[
-    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
-    60.0,
-];
+const DURATION_BUCKETS: &[f64] =
+    &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
 
 /// Status codes 100..=599 get a cached counter handle each.
 const STATUS_MIN: u16 = 100;
@@ -56,17 +54,27 @@ impl UpstreamOutcome {
         }
     }
 
-    const ALL: [UpstreamOutcome; 3] = [
-        UpstreamOutcome::Ok,
-        UpstreamOutcome::Error,
-        UpstreamOutcome::Timeout,
-    ];
+    const ALL: [UpstreamOutcome; 3] = [UpstreamOutcome::Ok, UpstreamOutcome::Error, UpstreamOutcome::Timeout];
 
     fn label(self) -> &'static str {
         match self {
             UpstreamOutcome::Ok => "ok",
             UpstreamOutcome::Error => "error",
             UpstreamOutcome::Timeout => "timeout",
+        }
+    }
+}
+
+/// The layer that refused a caller (the `layer` label of `seawall_auth_rejections_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthLayer {
+    Ip,
+}
+
+impl AuthLayer {
+    fn label(self) -> &'static str {
+        match self {
+            AuthLayer::Ip => "ip",
         }
     }
 }
@@ -88,6 +96,7 @@ struct UpstreamSeries {
 pub struct Metrics {
     registry: Registry,
     requests: IntCounterVec,
+    auth_rejections: IntCounterVec,
     /// One per route, in config order, then one for [`NO_ROUTE`].
     routes: Vec<RouteSeries>,
     /// One per upstream, in config order.
@@ -100,54 +109,45 @@ impl Metrics {
     pub fn new(routes: &[&str], upstreams: &[&str]) -> Metrics {
         let registry = Registry::new();
         let requests = IntCounterVec::new(
-            Opts::new(
-                "seawall_requests_total",
-                "Requests answered, by route and status",
-            ),
+            Opts::new("seawall_requests_total", "Requests answered, by route and status"),
             &["route", "status"],
         )
         .expect("valid metric");
         let request_duration = HistogramVec::new(
-            HistogramOpts::new(
-                "seawall_request_duration_seconds",
-                "Time from request to last response byte",
-            )
-            .buckets(DURATION_BUCKETS.to_vec()),
+            HistogramOpts::new("seawall_request_duration_seconds", "Time from request to last response byte")
+                .buckets(DURATION_BUCKETS.to_vec()),
             &["route"],
         )
         .expect("valid metric");
         let upstream_duration = HistogramVec::new(
-            HistogramOpts::new(
-                "seawall_upstream_duration_seconds",
-                "Time spent on upstream calls, retries included",
-            )
-            .buckets(DURATION_BUCKETS.to_vec()),
+            HistogramOpts::new("seawall_upstream_duration_seconds", "Time spent on upstream calls, retries included")
+                .buckets(DURATION_BUCKETS.to_vec()),
             &["upstream"],
         )
         .expect("valid metric");
         let upstream_requests = IntCounterVec::new(
-            Opts::new(
-                "seawall_upstream_requests_total",
-                "Upstream calls by outcome (ok, error, timeout)",
-            ),
+            Opts::new("seawall_upstream_requests_total", "Upstream calls by outcome (ok, error, timeout)"),
             &["upstream", "outcome"],
         )
         .expect("valid metric");
-        let inflight = IntGaugeVec::new(
-            Opts::new("seawall_inflight_requests", "Upstream calls in progress"),
-            &["upstream"],
+        let inflight =
+            IntGaugeVec::new(Opts::new("seawall_inflight_requests", "Upstream calls in progress"), &["upstream"])
+                .expect("valid metric");
+        let auth_rejections = IntCounterVec::new(
+            Opts::new("seawall_auth_rejections_total", "Callers refused, by layer (ip, mtls, jwt) and reason"),
+            &["layer", "reason"],
         )
         .expect("valid metric");
+        auth_rejections.with_label_values(&[AuthLayer::Ip.label(), "not_allowed"]);
         for collector in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(auth_rejections.clone()),
             Box::new(request_duration.clone()),
             Box::new(upstream_duration.clone()),
             Box::new(upstream_requests.clone()),
             Box::new(inflight.clone()),
         ] {
-            registry
-                .register(collector)
-                .expect("metric names are unique");
+            registry.register(collector).expect("metric names are unique");
         }
         let routes = routes
             .iter()
@@ -163,17 +163,11 @@ impl Metrics {
             .iter()
             .map(|name| UpstreamSeries {
                 duration: upstream_duration.with_label_values(&[*name]),
-                outcomes: UpstreamOutcome::ALL
-                    .map(|o| upstream_requests.with_label_values(&[*name, o.label()])),
+                outcomes: UpstreamOutcome::ALL.map(|o| upstream_requests.with_label_values(&[*name, o.label()])),
                 inflight: inflight.with_label_values(&[*name]),
             })
             .collect();
-        Metrics {
-            registry,
-            requests,
-            routes,
-            upstreams,
-        }
+        Metrics { registry, requests, auth_rejections, routes, upstreams }
     }
 
     /// `route`: index in the config, `None` when no route matched.
@@ -182,10 +176,7 @@ impl Metrics {
         series.duration.observe(seconds);
         let status = status.clamp(STATUS_MIN, STATUS_MIN + STATUS_SLOTS as u16 - 1);
         series.by_status[(status - STATUS_MIN) as usize]
-            .get_or_init(|| {
-                self.requests
-                    .with_label_values(&[series.id.as_str(), &status.to_string()])
-            })
+            .get_or_init(|| self.requests.with_label_values(&[series.id.as_str(), &status.to_string()]))
             .inc();
     }
 
@@ -193,6 +184,11 @@ impl Metrics {
         let series = &self.upstreams[upstream];
         series.outcomes[outcome as usize].inc();
         series.duration.observe(seconds);
+    }
+
+    /// Counts a refused caller; `reason` is one of a fixed set per layer.
+    pub fn auth_rejection(&self, layer: AuthLayer, reason: &'static str) {
+        self.auth_rejections.with_label_values(&[layer.label(), reason]).inc();
     }
 
     /// Counts one upstream call in flight until the guard drops.
@@ -232,19 +228,13 @@ mod tests {
         m.observe_upstream(0, UpstreamOutcome::Timeout, 1.0);
         let guard = m.inflight(0);
         let text = String::from_utf8(m.render()).unwrap();
-        assert!(
-            text.contains("seawall_requests_total{route=\"accounts\",status=\"200\"} 2"),
-            "{text}"
-        );
+        assert!(text.contains("seawall_requests_total{route=\"accounts\",status=\"200\"} 2"), "{text}");
         assert!(text.contains("seawall_requests_total{route=\"_none\",status=\"404\"} 1"));
-        assert!(text
-            .contains("seawall_upstream_requests_total{outcome=\"timeout\",upstream=\"crm\"} 1"));
+        assert!(text.contains("seawall_upstream_requests_total{outcome=\"timeout\",upstream=\"crm\"} 1"));
         assert!(text.contains("seawall_upstream_requests_total{outcome=\"ok\",upstream=\"crm\"} 0"));
         assert!(text.contains("seawall_request_duration_seconds_count{route=\"accounts\"} 2"));
         assert!(text.contains("seawall_inflight_requests{upstream=\"crm\"} 1"));
         drop(guard);
-        assert!(String::from_utf8(m.render())
-            .unwrap()
-            .contains("seawall_inflight_requests{upstream=\"crm\"} 0"));
+        assert!(String::from_utf8(m.render()).unwrap().contains("seawall_inflight_requests{upstream=\"crm\"} 0"));
     }
 }

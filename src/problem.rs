@@ -15,6 +15,8 @@ pub enum Problem {
     RouteNotFound,
     #[error("method not allowed (allowed: {allow})")]
     MethodNotAllowed { allow: String },
+    #[error("client ip not in the route's allowlists")]
+    IpNotAllowed,
     #[error("request body larger than {limit} bytes")]
     RequestTooLarge { limit: u64 },
     #[error("malformed request: {reason}")]
@@ -41,36 +43,16 @@ impl Problem {
     fn entry(&self) -> Entry {
         let (status, code, title, retryable) = match self {
             Problem::RouteNotFound => (404, "route_not_found", "No route for this path", false),
-            Problem::MethodNotAllowed { .. } => (
-                405,
-                "method_not_allowed",
-                "Method not allowed on this path",
-                false,
-            ),
-            Problem::RequestTooLarge { .. } => {
-                (413, "request_too_large", "Request body too large", false)
-            }
+            Problem::MethodNotAllowed { .. } => (405, "method_not_allowed", "Method not allowed on this path", false),
+            Problem::IpNotAllowed => (403, "ip_not_allowed", "Caller address not allowed", false),
+            Problem::RequestTooLarge { .. } => (413, "request_too_large", "Request body too large", false),
             Problem::BadRequest { .. } => (400, "bad_request", "Malformed request", false),
-            Problem::RequestTimeout => {
-                (408, "request_timeout", "Request not received in time", true)
-            }
-            Problem::UpstreamUnavailable { .. } => {
-                (502, "upstream_unavailable", "Upstream unavailable", true)
-            }
-            Problem::UpstreamTimeout => (
-                504,
-                "upstream_timeout",
-                "Upstream did not respond in time",
-                true,
-            ),
+            Problem::RequestTimeout => (408, "request_timeout", "Request not received in time", true),
+            Problem::UpstreamUnavailable { .. } => (502, "upstream_unavailable", "Upstream unavailable", true),
+            Problem::UpstreamTimeout => (504, "upstream_timeout", "Upstream did not respond in time", true),
             Problem::Internal { .. } => (500, "internal_error", "Internal gateway error", false),
         };
-        Entry {
-            status,
-            code,
-            title,
-            retryable,
-        }
+        Entry { status, code, title, retryable }
     }
 
     pub fn status(&self) -> u16 {
@@ -93,9 +75,8 @@ impl Problem {
             "retryable": entry.retryable,
         });
         let body = Bytes::from(serde_json::to_vec(&body).unwrap_or_default());
-        let mut header = ResponseHeader::build(entry.status, Some(6)).unwrap_or_else(|_| {
-            ResponseHeader::build(500, Some(6)).expect("500 is a valid status")
-        });
+        let mut header = ResponseHeader::build(entry.status, Some(6))
+            .unwrap_or_else(|_| ResponseHeader::build(500, Some(6)).expect("500 is a valid status"));
         // Header values below are fixed strings or validated request ids: inserts cannot fail.
         let _ = header.insert_header("content-type", "application/problem+json");
         let _ = header.insert_header("content-length", body.len().to_string());
@@ -111,11 +92,7 @@ impl Problem {
 impl Problem {
     /// What a proxying error means for the caller, decided by where it came from, so a slow or
     /// vanished caller is never an upstream timeout. `None`: the caller is gone, nobody to answer.
-    pub fn from_proxy_error(
-        e: &Error,
-        body_complete: bool,
-        deadline_passed: bool,
-    ) -> Option<Problem> {
+    pub fn from_proxy_error(e: &Error, body_complete: bool, deadline_passed: bool) -> Option<Problem> {
         let reason = || e.to_string();
         match e.esource() {
             ErrorSource::Upstream if is_timeout(e.etype()) => {
@@ -162,9 +139,7 @@ mod tests {
 
     #[test]
     fn body_follows_the_contract_and_leaks_nothing() {
-        let problem = Problem::UpstreamUnavailable {
-            reason: "connect refused 10.1.2.3:8080".into(),
-        };
+        let problem = Problem::UpstreamUnavailable { reason: "connect refused 10.1.2.3:8080".into() };
         let (header, body) = problem.response(&HeaderValue::from_static("req-1"));
         assert_eq!(header.status.as_u16(), 502);
         assert_eq!(header.headers["content-type"], "application/problem+json");
@@ -181,53 +156,23 @@ mod tests {
     fn errors_are_classified_by_their_source() {
         let up = |t| Error::new_up(t);
         let down = |t| Error::new_down(t);
-        let classify = |e: &Error, body_complete, passed| {
-            Problem::from_proxy_error(e, body_complete, passed).map(|p| p.code())
-        };
-        assert_eq!(
-            classify(&up(ErrorType::ReadTimedout), true, true),
-            Some("upstream_timeout")
-        );
-        assert_eq!(
-            classify(&up(ErrorType::ConnectTimedout), true, true),
-            Some("upstream_timeout")
-        );
-        assert_eq!(
-            classify(&up(ErrorType::ConnectTimedout), true, false),
-            Some("upstream_unavailable")
-        );
-        assert_eq!(
-            classify(&up(ErrorType::ConnectRefused), true, false),
-            Some("upstream_unavailable")
-        );
-        assert_eq!(
-            classify(&up(ErrorType::ReadTimedout), false, true),
-            Some("request_timeout")
-        );
-        assert_eq!(
-            classify(&down(ErrorType::ReadTimedout), false, false),
-            Some("request_timeout")
-        );
-        assert_eq!(
-            classify(&down(ErrorType::ConnectionClosed), true, true),
-            None
-        );
-        assert_eq!(
-            classify(&down(ErrorType::InvalidHTTPHeader), true, false),
-            Some("bad_request")
-        );
-        assert_eq!(
-            classify(&Error::new_in(ErrorType::InternalError), true, false),
-            Some("internal_error")
-        );
+        let classify =
+            |e: &Error, body_complete, passed| Problem::from_proxy_error(e, body_complete, passed).map(|p| p.code());
+        assert_eq!(classify(&up(ErrorType::ReadTimedout), true, true), Some("upstream_timeout"));
+        assert_eq!(classify(&up(ErrorType::ConnectTimedout), true, true), Some("upstream_timeout"));
+        assert_eq!(classify(&up(ErrorType::ConnectTimedout), true, false), Some("upstream_unavailable"));
+        assert_eq!(classify(&up(ErrorType::ConnectRefused), true, false), Some("upstream_unavailable"));
+        assert_eq!(classify(&up(ErrorType::ReadTimedout), false, true), Some("request_timeout"));
+        assert_eq!(classify(&down(ErrorType::ReadTimedout), false, false), Some("request_timeout"));
+        assert_eq!(classify(&down(ErrorType::ConnectionClosed), true, true), None);
+        assert_eq!(classify(&down(ErrorType::InvalidHTTPHeader), true, false), Some("bad_request"));
+        assert_eq!(classify(&Error::new_in(ErrorType::InternalError), true, false), Some("internal_error"));
     }
 
     #[test]
     fn method_not_allowed_carries_allow() {
-        let (header, _) = Problem::MethodNotAllowed {
-            allow: "GET, HEAD".into(),
-        }
-        .response(&HeaderValue::from_static("r"));
+        let (header, _) =
+            Problem::MethodNotAllowed { allow: "GET, HEAD".into() }.response(&HeaderValue::from_static("r"));
         assert_eq!(header.status.as_u16(), 405);
         assert_eq!(header.headers["allow"], "GET, HEAD");
     }

@@ -1,7 +1,8 @@
 //! `impl ProxyHttp`: calls the modules in phase order and holds no policy of its own.
 //!
 //! Phase map (see pingora-proxy/src/proxy_trait.rs for each phase's contract):
-//! - `request_filter`: request id, route match (404/405/400), declared body size (413), deadline.
+//! - `request_filter`: request id, route match (404/405/400), deadline, client IP and allowlist
+//!   (403), declared body size (413).
 //! - `upstream_peer`: next target; every timeout capped by what is left of the deadline.
 //! - `fail_to_connect` / `error_while_proxy`: retry only idempotent requests, inside the deadline.
 //! - `upstream_request_filter`: path rewrite, `Host`, `X-Forwarded-*`, `X-Request-Id`.
@@ -25,9 +26,11 @@ use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{Error, ErrorSource, ErrorType};
 use pingora_http::{RequestHeader, ResponseHeader};
 
+use crate::auth;
+use crate::config::RouteConfig;
 use crate::forwarding::{self, Forwarded};
 use crate::gateway::{ActiveRequest, Gateway};
-use crate::metrics::{InflightGuard, UpstreamOutcome, NO_ROUTE};
+use crate::metrics::{AuthLayer, InflightGuard, UpstreamOutcome, NO_ROUTE};
 use crate::problem::{is_timeout, Problem};
 use crate::request_id;
 use crate::routing::{has_dot_segment, PathParams, RouteMatch};
@@ -51,6 +54,9 @@ pub struct RequestCtx {
     /// Path parameters, decoded, for later phases (auth, cache keys, mediation).
     pub params: PathParams,
     deadline: Option<Deadline>,
+    /// The socket peer (appended to `X-Forwarded-For`).
+    peer_ip: Option<IpAddr>,
+    /// The caller as policy sees it: the peer, or what trusted proxies say it is.
     client_ip: Option<IpAddr>,
     attempts: u32,
     stale_connection_retried: bool,
@@ -71,8 +77,7 @@ impl RequestCtx {
         let Some(route) = self.route.map(|r| &gateway.config.routes[r]) else {
             return false;
         };
-        let idempotent = session.req_header().method.is_idempotent()
-            && !session.as_ref().retry_buffer_truncated();
+        let idempotent = session.req_header().method.is_idempotent() && !session.as_ref().retry_buffer_truncated();
         let time_left = self.deadline.is_some_and(|d| !d.expired(Instant::now()));
         idempotent && time_left && self.attempts <= route.retries
     }
@@ -103,6 +108,51 @@ impl SeawallProxy {
     }
 }
 
+impl SeawallProxy {
+    /// Route match and every check that needs no I/O, cheapest refusal first: path, route,
+    /// caller address, declared body size. Runs in `request_filter`, before any upstream work.
+    fn admit(&self, session: &Session, ctx: &mut RequestCtx) -> Result<&RouteConfig, Problem> {
+        let config = &self.gateway.config;
+        let req = session.req_header();
+        let path = req.uri.path();
+        if has_dot_segment(path) {
+            return Err(Problem::BadRequest { reason: "dot segment in path".into() });
+        }
+        let (route_index, params) = match config.router.find(&req.method, path) {
+            RouteMatch::Found { route, params } => (route, params),
+            RouteMatch::NotFound => return Err(Problem::RouteNotFound),
+            RouteMatch::MethodNotAllowed { allow } => return Err(Problem::MethodNotAllowed { allow }),
+            RouteMatch::BadParam { reason } => return Err(Problem::BadRequest { reason }),
+        };
+        ctx.route = Some(route_index);
+        ctx.params = params;
+        let route = &config.routes[route_index];
+        ctx.deadline = Some(Deadline::after(ctx.start, route.timeout));
+
+        if let Some(peer) = ctx.peer_ip {
+            let forwarded_for = req.headers.get_all("x-forwarded-for").iter().filter_map(|v| v.to_str().ok());
+            ctx.client_ip = Some(auth::ip::client_ip(peer, &config.trusted_proxies, forwarded_for));
+        }
+        if let Some(allowed) = &route.allow_ips {
+            if !ctx.client_ip.is_some_and(|ip| allowed.contains(ip)) {
+                self.gateway.metrics.auth_rejection(AuthLayer::Ip, "not_allowed");
+                return Err(Problem::IpNotAllowed);
+            }
+        }
+
+        // A declared length over the limit is refused before any upstream is touched.
+        let declared = req
+            .headers
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|len| len > route.max_body_bytes) {
+            return Err(Problem::RequestTooLarge { limit: route.max_body_bytes });
+        }
+        Ok(route)
+    }
+}
+
 #[async_trait]
 impl ProxyHttp for SeawallProxy {
     type CTX = RequestCtx;
@@ -119,6 +169,7 @@ impl ProxyHttp for SeawallProxy {
             route: None,
             params: PathParams::default(),
             deadline: None,
+            peer_ip: None,
             client_ip: None,
             attempts: 0,
             stale_connection_retried: false,
@@ -135,69 +186,27 @@ impl ProxyHttp for SeawallProxy {
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         ctx.request_id = request_id::from_request(session.req_header());
-        ctx.client_ip = session
-            .client_addr()
-            .and_then(|a| a.as_inet())
-            .map(|a| a.ip());
+        ctx.peer_ip = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip());
+        ctx.client_ip = ctx.peer_ip;
         ctx.body_complete = session.is_body_empty();
-
-        let req = session.req_header();
-        let path = req.uri.path();
-        let matched = if has_dot_segment(path) {
-            Err(Problem::BadRequest {
-                reason: "dot segment in path".into(),
-            })
-        } else {
-            match self.gateway.config.router.find(&req.method, path) {
-                RouteMatch::Found { route, params } => Ok((route, params)),
-                RouteMatch::NotFound => Err(Problem::RouteNotFound),
-                RouteMatch::MethodNotAllowed { allow } => Err(Problem::MethodNotAllowed { allow }),
-                RouteMatch::BadParam { reason } => Err(Problem::BadRequest { reason }),
+        match self.admit(session, ctx) {
+            Ok(route) => {
+                if route.retries > 0 {
+                    session.enable_retry_buffering();
+                }
+                Ok(false)
             }
-        };
-        let (route_index, params) = match matched {
-            Ok(found) => found,
             Err(problem) => {
                 self.respond(session, ctx, &problem).await;
                 ctx.problem = Some(problem);
-                return Ok(true);
+                Ok(true)
             }
-        };
-        ctx.route = Some(route_index);
-        ctx.params = params;
-        let route = &self.gateway.config.routes[route_index];
-        ctx.deadline = Some(Deadline::after(ctx.start, route.timeout));
-
-        // A declared length over the limit is refused before any upstream is touched.
-        let declared = session
-            .req_header()
-            .headers
-            .get(http::header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
-        if declared.is_some_and(|len| len > route.max_body_bytes) {
-            let problem = Problem::RequestTooLarge {
-                limit: route.max_body_bytes,
-            };
-            self.respond(session, ctx, &problem).await;
-            ctx.problem = Some(problem);
-            return Ok(true);
         }
-        if route.retries > 0 {
-            session.enable_retry_buffering();
-        }
-        Ok(false)
     }
 
-    async fn upstream_peer(
-        &self,
-        _session: &mut Session,
-        ctx: &mut RequestCtx,
-    ) -> Result<Box<HttpPeer>> {
+    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
         let (Some(route), Some(deadline)) = (ctx.route, ctx.deadline) else {
-            let problem = Problem::Internal {
-                reason: "no route at upstream_peer".into(),
-            };
+            let problem = Problem::Internal { reason: "no route at upstream_peer".into() };
             let e = refused(&problem);
             ctx.problem = Some(problem);
             return Err(e);
@@ -208,11 +217,7 @@ impl ProxyHttp for SeawallProxy {
         let remaining = deadline.remaining(now);
         if remaining.is_zero() {
             ctx.problem = Some(Problem::UpstreamTimeout);
-            return Err(Error::explain(
-                ErrorType::ConnectTimedout,
-                "route deadline passed before connecting",
-            )
-            .into_up());
+            return Err(Error::explain(ErrorType::ConnectTimedout, "route deadline passed before connecting").into_up());
         }
         ctx.attempts += 1;
         if ctx.upstream_started.is_none() {
@@ -246,8 +251,7 @@ impl ProxyHttp for SeawallProxy {
         e.retry.decide_reuse(client_reused);
         let stale_connection = e.retry() && client_reused && !ctx.stale_connection_retried;
         let may_retry = ctx.may_retry(&self.gateway, session);
-        let idempotent = session.req_header().method.is_idempotent()
-            && !session.as_ref().retry_buffer_truncated();
+        let idempotent = session.req_header().method.is_idempotent() && !session.as_ref().retry_buffer_truncated();
         let time_left = ctx.deadline.is_some_and(|d| !d.expired(Instant::now()));
         let retry = if stale_connection && idempotent && time_left {
             ctx.stale_connection_retried = true;
@@ -272,24 +276,16 @@ impl ProxyHttp for SeawallProxy {
         let route = &self.gateway.config.routes[route_index];
         let upstream = &self.gateway.upstreams[route.upstream];
         if let Some(rewrite) = &route.upstream_path {
-            let query = if route.forward_query {
-                upstream_request.uri.query()
-            } else {
-                None
-            };
+            let query = if route.forward_query { upstream_request.uri.query() } else { None };
             let target = rewrite.render(&ctx.params, query);
             let uri = target.parse::<http::Uri>().map_err(|e| {
-                Error::because(
-                    ErrorType::InternalError,
-                    "rewritten upstream path is not a valid URI",
-                    e,
-                )
+                Error::because(ErrorType::InternalError, "rewritten upstream path is not a valid URI", e)
             })?;
             upstream_request.set_uri(uri);
         }
         let forwarded = Forwarded {
             original_host: session.req_header().headers.get(http::header::HOST),
-            client_ip: ctx.client_ip,
+            peer_ip: ctx.peer_ip,
             request_id: &ctx.request_id,
             upstream_host: upstream.host_header(),
         };
@@ -328,11 +324,9 @@ impl ProxyHttp for SeawallProxy {
     ) -> Result<()> {
         if ctx.deadline.is_some_and(|d| d.expired(Instant::now())) {
             ctx.problem = Some(Problem::UpstreamTimeout);
-            return Err(Error::explain(
-                ErrorType::ReadTimedout,
-                "route deadline passed while reading the answer",
-            )
-            .into_up());
+            return Err(
+                Error::explain(ErrorType::ReadTimedout, "route deadline passed while reading the answer").into_up()
+            );
         }
         ctx.upstream_status = Some(upstream_response.status.as_u16());
         forwarding::strip_hop_by_hop(upstream_response);
@@ -350,11 +344,9 @@ impl ProxyHttp for SeawallProxy {
         // the status line, so it sees a truncated answer rather than waiting on).
         if ctx.deadline.is_some_and(|d| d.expired(Instant::now())) {
             ctx.problem = Some(Problem::UpstreamTimeout);
-            return Err(Error::explain(
-                ErrorType::ReadTimedout,
-                "route deadline passed while reading the body",
-            )
-            .into_up());
+            return Err(
+                Error::explain(ErrorType::ReadTimedout, "route deadline passed while reading the body").into_up()
+            );
         }
         Ok(None)
     }
@@ -370,21 +362,13 @@ impl ProxyHttp for SeawallProxy {
         Ok(())
     }
 
-    async fn fail_to_proxy(
-        &self,
-        session: &mut Session,
-        e: &Error,
-        ctx: &mut RequestCtx,
-    ) -> FailToProxy {
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut RequestCtx) -> FailToProxy {
         if ctx.request_id.is_empty() {
             // Failed before `request_filter` ran.
             ctx.request_id = request_id::generate();
         }
         let deadline_passed = ctx.deadline.is_some_and(|d| d.expired(Instant::now()));
-        let problem = ctx
-            .problem
-            .clone()
-            .or_else(|| Problem::from_proxy_error(e, ctx.body_complete, deadline_passed));
+        let problem = ctx.problem.clone().or_else(|| Problem::from_proxy_error(e, ctx.body_complete, deadline_passed));
         let answered = session.response_written().is_some();
         // Pingora keeps the caller's connection only for failures before an upstream was chosen;
         // otherwise say `Connection: close` so the caller does not reuse a closing connection.
@@ -402,10 +386,7 @@ impl ProxyHttp for SeawallProxy {
         }
         ctx.problem = problem;
 
-        FailToProxy {
-            error_code: ctx.status,
-            can_reuse_downstream: false,
-        }
+        FailToProxy { error_code: ctx.status, can_reuse_downstream: false }
     }
 
     fn suppress_error_log(&self, _session: &Session, _ctx: &RequestCtx, _error: &Error) -> bool {
@@ -416,32 +397,20 @@ impl ProxyHttp for SeawallProxy {
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
         let now = Instant::now();
         if ctx.status == 0 {
-            ctx.status = session
-                .response_written()
-                .map(|r| r.status.as_u16())
-                .unwrap_or(499);
+            ctx.status = session.response_written().map(|r| r.status.as_u16()).unwrap_or(499);
         }
         let config = &self.gateway.config;
         let route = ctx.route.map(|r| &config.routes[r]);
         let route_id = route.map(|r| r.id.as_str()).unwrap_or(NO_ROUTE);
         let metrics = &self.gateway.metrics;
-        metrics.observe_request(
-            ctx.route,
-            ctx.status,
-            now.duration_since(ctx.start).as_secs_f64(),
-        );
+        metrics.observe_request(ctx.route, ctx.status, now.duration_since(ctx.start).as_secs_f64());
 
         let mut upstream_name = "";
         let mut upstream_ms = None;
         if let (Some(started), Some(route)) = (ctx.upstream_started, route) {
             upstream_name = &self.gateway.upstreams[route.upstream].name;
             let caller_failed = e.is_some_and(|e| e.esource() == &ErrorSource::Downstream);
-            let outcome = UpstreamOutcome::of(
-                ctx.problem.as_ref(),
-                ctx.upstream_status,
-                e.is_some(),
-                caller_failed,
-            );
+            let outcome = UpstreamOutcome::of(ctx.problem.as_ref(), ctx.upstream_status, e.is_some(), caller_failed);
             let seconds = now.duration_since(started).as_secs_f64();
             if let Some(outcome) = outcome {
                 metrics.observe_upstream(route.upstream, outcome, seconds);

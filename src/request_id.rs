@@ -18,9 +18,7 @@ pub fn from_request(req: &RequestHeader) -> HeaderValue {
 fn is_sane(id: &[u8]) -> bool {
     !id.is_empty()
         && id.len() <= MAX_LEN
-        && id.iter().all(|b| {
-            b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'+' | b'/' | b'=' | b'-')
-        })
+        && id.iter().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'+' | b'/' | b'=' | b'-'))
 }
 
 /// 128 random bits as 32 lowercase hex digits.

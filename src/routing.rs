@@ -17,11 +17,7 @@ pub const MAX_PARAM_BYTES: usize = 1024;
 
 /// Every byte but RFC 3986 unreserved characters is encoded when a parameter is written into an
 /// upstream path or query, so a value can never add a segment, a query key or a fragment.
-const PARAM_ENCODE: &AsciiSet = &NON_ALPHANUMERIC
-    .remove(b'-')
-    .remove(b'.')
-    .remove(b'_')
-    .remove(b'~');
+const PARAM_ENCODE: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Segment {
@@ -44,16 +40,10 @@ impl PathTemplate {
         };
         let mut segments = Vec::new();
         let mut names: Vec<&str> = Vec::new();
-        let parts: Vec<&str> = if rest.is_empty() {
-            Vec::new()
-        } else {
-            rest.split('/').collect()
-        };
+        let parts: Vec<&str> = if rest.is_empty() { Vec::new() } else { rest.split('/').collect() };
         for (i, part) in parts.iter().enumerate() {
             let last = i + 1 == parts.len();
-            let segment = if let Some(inner) =
-                part.strip_prefix('{').and_then(|p| p.strip_suffix('}'))
-            {
+            let segment = if let Some(inner) = part.strip_prefix('{').and_then(|p| p.strip_suffix('}')) {
                 let (catch_all, name) = match inner.strip_prefix('*') {
                     Some(name) => (true, name),
                     None => (false, inner),
@@ -64,16 +54,12 @@ impl PathTemplate {
                     ));
                 }
                 if names.contains(&name) {
-                    return Err(format!(
-                        "path template `{source}`: parameter `{name}` appears twice"
-                    ));
+                    return Err(format!("path template `{source}`: parameter `{name}` appears twice"));
                 }
                 names.push(name);
                 if catch_all {
                     if !last {
-                        return Err(format!(
-                            "path template `{source}`: catch-all `{part}` must be the last segment"
-                        ));
+                        return Err(format!("path template `{source}`: catch-all `{part}` must be the last segment"));
                     }
                     Segment::CatchAll(name.to_string())
                 } else {
@@ -86,9 +72,7 @@ impl PathTemplate {
                     ));
                 }
                 if part.is_empty() && !last {
-                    return Err(format!(
-                        "path template `{source}` has an empty segment (`//`)"
-                    ));
+                    return Err(format!("path template `{source}` has an empty segment (`//`)"));
                 }
                 if *part == "." || *part == ".." {
                     return Err(format!("path template `{source}` has a dot segment"));
@@ -97,10 +81,7 @@ impl PathTemplate {
             };
             segments.push(segment);
         }
-        Ok(PathTemplate {
-            source: source.to_string(),
-            segments,
-        })
+        Ok(PathTemplate { source: source.to_string(), segments })
     }
 
     pub fn source(&self) -> &str {
@@ -119,9 +100,7 @@ impl PathTemplate {
     }
 
     fn is_catch_all(&self, name: &str) -> bool {
-        self.segments
-            .iter()
-            .any(|s| matches!(s, Segment::CatchAll(n) if n == name))
+        self.segments.iter().any(|s| matches!(s, Segment::CatchAll(n) if n == name))
     }
 
     /// The template with parameters renamed by position: routes that differ only by parameter
@@ -195,10 +174,7 @@ impl RewriteTemplate {
                     path.source()
                 ));
             };
-            parts.push(RewritePart::Param {
-                index,
-                catch_all: path.is_catch_all(name),
-            });
+            parts.push(RewritePart::Param { index, catch_all: path.is_catch_all(name) });
             rest = &rest[open + close + 1..];
         }
         if rest.contains('}') {
@@ -209,18 +185,12 @@ impl RewriteTemplate {
         }
         for part in &parts {
             if let RewritePart::Literal(l) = part {
-                if l.contains(|c: char| c.is_ascii_whitespace() || c.is_ascii_control() || c == '#')
-                {
-                    return Err(format!(
-                        "`{source}` holds whitespace, a control character or `#`"
-                    ));
+                if l.contains(|c: char| c.is_ascii_whitespace() || c.is_ascii_control() || c == '#') {
+                    return Err(format!("`{source}` holds whitespace, a control character or `#`"));
                 }
             }
         }
-        Ok(RewriteTemplate {
-            parts,
-            has_query: source.contains('?'),
-        })
+        Ok(RewriteTemplate { parts, has_query: source.contains('?') })
     }
 
     /// The upstream path and query for one request. `caller_query` is appended when the route
@@ -265,10 +235,7 @@ pub struct PathParams {
 
 impl PathParams {
     pub fn get(&self, name: &str) -> Option<&str> {
-        self.names
-            .iter()
-            .position(|n| n == name)
-            .map(|i| self.decoded[i].as_str())
+        self.names.iter().position(|n| n == name).map(|i| self.decoded[i].as_str())
     }
 
     pub fn value(&self, index: usize) -> &str {
@@ -280,10 +247,7 @@ impl PathParams {
     }
 
     pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
-        self.names
-            .iter()
-            .map(String::as_str)
-            .zip(self.decoded.iter().map(String::as_str))
+        self.names.iter().map(String::as_str).zip(self.decoded.iter().map(String::as_str))
     }
 }
 
@@ -329,15 +293,8 @@ impl Node {
     fn insert(&mut self, segments: &[Segment], shape: usize) {
         match segments.split_first() {
             None => self.end = Some(shape),
-            Some((Segment::Literal(l), rest)) => self
-                .literals
-                .entry(l.clone())
-                .or_default()
-                .insert(rest, shape),
-            Some((Segment::Param(_), rest)) => self
-                .param
-                .get_or_insert_with(Default::default)
-                .insert(rest, shape),
+            Some((Segment::Literal(l), rest)) => self.literals.entry(l.clone()).or_default().insert(rest, shape),
+            Some((Segment::Param(_), rest)) => self.param.get_or_insert_with(Default::default).insert(rest, shape),
             Some((Segment::CatchAll(_), _)) => self.catch_all = Some(shape),
         }
     }
@@ -350,11 +307,7 @@ impl Node {
             Some((segment, after)) => (segment, Some(after)),
             None => (rest, None),
         };
-        if let Some(found) = self
-            .literals
-            .get(segment)
-            .and_then(|child| child.find(after, captured))
-        {
+        if let Some(found) = self.literals.get(segment).and_then(|child| child.find(after, captured)) {
             return Some(found);
         }
         if let (Some(child), false) = (&self.param, segment.is_empty()) {
@@ -408,17 +361,8 @@ impl Router {
                     ));
                 }
             }
-            let param_names = spec
-                .template
-                .param_names()
-                .into_iter()
-                .map(String::from)
-                .collect();
-            shapes[slot].push(Candidate {
-                route: index,
-                methods: spec.methods.clone(),
-                param_names,
-            });
+            let param_names = spec.template.param_names().into_iter().map(String::from).collect();
+            shapes[slot].push(Candidate { route: index, methods: spec.methods.clone(), param_names });
         }
         if errors.is_empty() {
             Ok(Router { tree, shapes })
@@ -433,20 +377,12 @@ impl Router {
             return RouteMatch::NotFound;
         };
         let mut captured = Vec::new();
-        let Some(shape) = self
-            .tree
-            .find(Some(rest).filter(|r| !r.is_empty()), &mut captured)
-        else {
+        let Some(shape) = self.tree.find(Some(rest).filter(|r| !r.is_empty()), &mut captured) else {
             return RouteMatch::NotFound;
         };
         let candidates = &self.shapes[shape];
-        let Some(candidate) = candidates
-            .iter()
-            .find(|c| method_allowed(&c.methods, method))
-        else {
-            return RouteMatch::MethodNotAllowed {
-                allow: allow_header(candidates),
-            };
+        let Some(candidate) = candidates.iter().find(|c| method_allowed(&c.methods, method)) else {
+            return RouteMatch::MethodNotAllowed { allow: allow_header(candidates) };
         };
         let mut params = PathParams {
             names: candidate.param_names.clone(),
@@ -456,11 +392,7 @@ impl Router {
         for raw in captured {
             let decoded = match percent_decode_str(raw).decode_utf8() {
                 Ok(d) => d.into_owned(),
-                Err(_) => {
-                    return RouteMatch::BadParam {
-                        reason: "a path parameter is not valid UTF-8".into(),
-                    }
-                }
+                Err(_) => return RouteMatch::BadParam { reason: "a path parameter is not valid UTF-8".into() },
             };
             if decoded.len() > MAX_PARAM_BYTES {
                 return RouteMatch::BadParam {
@@ -470,10 +402,7 @@ impl Router {
             params.raw.push(raw.to_string());
             params.decoded.push(decoded);
         }
-        RouteMatch::Found {
-            route: candidate.route,
-            params,
-        }
+        RouteMatch::Found { route: candidate.route, params }
     }
 }
 
@@ -488,9 +417,7 @@ fn method_allowed(methods: &Option<Vec<Method>>, method: &Method) -> bool {
     match methods {
         None => true,
         // HEAD is answered wherever GET is, as HTTP says it should be.
-        Some(list) => {
-            list.contains(method) || (method == Method::HEAD && list.contains(&Method::GET))
-        }
+        Some(list) => list.contains(method) || (method == Method::HEAD && list.contains(&Method::GET)),
     }
 }
 
@@ -526,18 +453,11 @@ mod tests {
     use super::*;
 
     fn router(specs: &[(&str, Option<Vec<Method>>, &str)]) -> Result<Router, Vec<(usize, String)>> {
-        let templates: Vec<PathTemplate> = specs
-            .iter()
-            .map(|(_, _, p)| PathTemplate::parse(p).unwrap())
-            .collect();
+        let templates: Vec<PathTemplate> = specs.iter().map(|(_, _, p)| PathTemplate::parse(p).unwrap()).collect();
         let routes: Vec<RouteSpec> = specs
             .iter()
             .zip(&templates)
-            .map(|((id, methods, _), template)| RouteSpec {
-                id,
-                methods: methods.clone(),
-                template,
-            })
+            .map(|((id, methods, _), template)| RouteSpec { id, methods: methods.clone(), template })
             .collect();
         Router::build(&routes)
     }
@@ -551,12 +471,9 @@ mod tests {
 
     #[test]
     fn literal_beats_param_beats_catch_all() {
-        let r = router(&[
-            ("rest", None, "/api/{*rest}"),
-            ("param", None, "/api/{id}"),
-            ("literal", None, "/api/special"),
-        ])
-        .unwrap();
+        let r =
+            router(&[("rest", None, "/api/{*rest}"), ("param", None, "/api/{id}"), ("literal", None, "/api/special")])
+                .unwrap();
         assert_eq!(found(&r, Method::GET, "/api/special").unwrap().0, 2);
         assert_eq!(found(&r, Method::GET, "/api/42").unwrap().0, 1);
         let (route, params) = found(&r, Method::GET, "/api/a/b%2Fc").unwrap();
@@ -566,12 +483,9 @@ mod tests {
 
     #[test]
     fn a_dead_end_literal_backtracks_to_a_parameter() {
-        let r = router(&[
-            ("literal", None, "/b/special/end"),
-            ("param", None, "/{a}/special/other"),
-            ("root", None, "/"),
-        ])
-        .unwrap();
+        let r =
+            router(&[("literal", None, "/b/special/end"), ("param", None, "/{a}/special/other"), ("root", None, "/")])
+                .unwrap();
         assert_eq!(found(&r, Method::GET, "/b/special/end").unwrap().0, 0);
         let (route, params) = found(&r, Method::GET, "/b/special/other").unwrap();
         assert_eq!((route, params.get("a")), (1, Some("b")));
@@ -585,23 +499,14 @@ mod tests {
         let (_, params) = found(&r, Method::GET, "/accounts/caf%C3%A9%20x").unwrap();
         assert_eq!(params.get("accountId"), Some("café x"));
         let long = format!("/accounts/{}", "x".repeat(MAX_PARAM_BYTES + 1));
-        assert!(matches!(
-            r.find(&Method::GET, &long),
-            RouteMatch::BadParam { .. }
-        ));
-        assert!(matches!(
-            r.find(&Method::GET, "/accounts/%FF"),
-            RouteMatch::BadParam { .. }
-        ));
+        assert!(matches!(r.find(&Method::GET, &long), RouteMatch::BadParam { .. }));
+        assert!(matches!(r.find(&Method::GET, "/accounts/%FF"), RouteMatch::BadParam { .. }));
     }
 
     #[test]
     fn method_mismatch_lists_allowed_methods() {
-        let r = router(&[
-            ("get", Some(vec![Method::GET]), "/a/{x}"),
-            ("post", Some(vec![Method::POST]), "/a/{y}"),
-        ])
-        .unwrap();
+        let r = router(&[("get", Some(vec![Method::GET]), "/a/{x}"), ("post", Some(vec![Method::POST]), "/a/{y}")])
+            .unwrap();
         match r.find(&Method::DELETE, "/a/1") {
             RouteMatch::MethodNotAllowed { allow } => assert_eq!(allow, "GET, HEAD, POST"),
             _ => panic!("expected 405"),
@@ -648,24 +553,12 @@ mod tests {
         let template = PathTemplate::parse("/accounts/{accountId}/{*rest}").unwrap();
         let r = router(&[("a", None, "/accounts/{accountId}/{*rest}")]).unwrap();
         let (_, params) = found(&r, Method::GET, "/accounts/1%26admin%3Dtrue/x/y%2Fz").unwrap();
-        let rewrite =
-            RewriteTemplate::parse("/legacy/account?id={accountId}&p={rest}", &template).unwrap();
-        assert_eq!(
-            rewrite.render(&params, None),
-            "/legacy/account?id=1%26admin%3Dtrue&p=x/y%2Fz"
-        );
-        assert_eq!(
-            rewrite.render(&params, Some("a=1")),
-            "/legacy/account?id=1%26admin%3Dtrue&p=x/y%2Fz&a=1"
-        );
+        let rewrite = RewriteTemplate::parse("/legacy/account?id={accountId}&p={rest}", &template).unwrap();
+        assert_eq!(rewrite.render(&params, None), "/legacy/account?id=1%26admin%3Dtrue&p=x/y%2Fz");
+        assert_eq!(rewrite.render(&params, Some("a=1")), "/legacy/account?id=1%26admin%3Dtrue&p=x/y%2Fz&a=1");
         let plain = RewriteTemplate::parse("/v2/{accountId}", &template).unwrap();
-        assert_eq!(
-            plain.render(&params, Some("a=1")),
-            "/v2/1%26admin%3Dtrue?a=1"
-        );
-        assert!(RewriteTemplate::parse("/x/{nope}", &template)
-            .unwrap_err()
-            .contains("not a parameter"));
+        assert_eq!(plain.render(&params, Some("a=1")), "/v2/1%26admin%3Dtrue?a=1");
+        assert!(RewriteTemplate::parse("/x/{nope}", &template).unwrap_err().contains("not a parameter"));
     }
 
     #[test]

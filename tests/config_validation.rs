@@ -12,10 +12,7 @@ use seawall::config::{self, Config, ConfigError, ProcessEnv};
 
 /// An environment made of the given pairs only, so no test depends on the process environment.
 fn env_of(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
-    let map: HashMap<String, String> = pairs
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
+    let map: HashMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
     move |name: &str| map.get(name).cloned()
 }
 
@@ -31,23 +28,13 @@ fn errors_of(text: &str) -> Vec<ConfigError> {
 }
 
 fn render(errors: &[ConfigError]) -> String {
-    errors
-        .iter()
-        .map(|e| format!("  {e}"))
-        .collect::<Vec<_>>()
-        .join("\n")
+    errors.iter().map(|e| format!("  {e}")).collect::<Vec<_>>().join("\n")
 }
 
 /// Panics unless one error has exactly `path` and a message holding every fragment.
 fn assert_error(errors: &[ConfigError], path: &str, fragments: &[&str]) {
-    let found = errors
-        .iter()
-        .any(|e| e.path == path && fragments.iter().all(|f| e.message.contains(f)));
-    assert!(
-        found,
-        "no error at `{path}` mentioning {fragments:?}; got:\n{}",
-        render(errors)
-    );
+    let found = errors.iter().any(|e| e.path == path && fragments.iter().all(|f| e.message.contains(f)));
+    assert!(found, "no error at `{path}` mentioning {fragments:?}; got:\n{}", render(errors));
 }
 
 fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
@@ -87,97 +74,33 @@ struct Expected {
 }
 
 const EXPECTED: &[Expected] = &[
-    Expected {
-        path: "listeners[0].name",
-        fragments: &["`LISTENER_NAME`", "not set"],
-        schema: false,
-    },
+    Expected { path: "listeners[0].name", fragments: &["`LISTENER_NAME`", "not set"], schema: false },
     Expected {
         path: "listeners[1].address",
         fragments: &["`localhost:8081`", "not an `ip:port` address"],
         schema: false,
     },
-    Expected {
-        path: "admin.address",
-        fragments: &["127.0.0.1:18080", "public listener"],
-        schema: false,
-    },
-    Expected {
-        path: "upstreams.empty.targets",
-        fragments: &["at least one"],
-        schema: false,
-    },
-    Expected {
-        path: "routes[0].match.methd",
-        fragments: &["unknown field `methd`", "`method`"],
-        schema: true,
-    },
-    Expected {
-        path: "routes[1].upstream",
-        fragments: &["unknown upstream `billing`"],
-        schema: false,
-    },
-    Expected {
-        path: "routes[2].timeout_ms",
-        fragments: &["0 is not a deadline"],
-        schema: false,
-    },
-    Expected {
-        path: "routes[3]",
-        fragments: &["missing field `timeout_ms`"],
-        schema: true,
-    },
-    Expected {
-        path: "routes[4].timeout_ms",
-        fragments: &["120000", "Genesys"],
-        schema: false,
-    },
-    Expected {
-        path: "routes[5].id",
-        fragments: &["duplicate route id `slow`"],
-        schema: false,
-    },
-    Expected {
-        path: "routes[7].match.path",
-        fragments: &["ambiguous", "`items_any`"],
-        schema: false,
-    },
-    Expected {
-        path: "routes[9].match.path",
-        fragments: &["ambiguous", "`a_x`"],
-        schema: false,
-    },
-    Expected {
-        path: "routes[10].match.path",
-        fragments: &["`/b/x{y}`"],
-        schema: false,
-    },
-    Expected {
-        path: "caching",
-        fragments: &["unknown section `caching`"],
-        schema: true,
-    },
+    Expected { path: "admin.address", fragments: &["127.0.0.1:18080", "public listener"], schema: false },
+    Expected { path: "upstreams.empty.targets", fragments: &["at least one"], schema: false },
+    Expected { path: "routes[0].match.methd", fragments: &["unknown field `methd`", "`method`"], schema: true },
+    Expected { path: "routes[1].upstream", fragments: &["unknown upstream `billing`"], schema: false },
+    Expected { path: "routes[2].timeout_ms", fragments: &["0 is not a deadline"], schema: false },
+    Expected { path: "routes[3]", fragments: &["missing field `timeout_ms`"], schema: true },
+    Expected { path: "routes[4].timeout_ms", fragments: &["120000", "Genesys"], schema: false },
+    Expected { path: "routes[5].id", fragments: &["duplicate route id `slow`"], schema: false },
+    Expected { path: "routes[7].match.path", fragments: &["ambiguous", "`items_any`"], schema: false },
+    Expected { path: "routes[9].match.path", fragments: &["ambiguous", "`a_x`"], schema: false },
+    Expected { path: "routes[10].match.path", fragments: &["`/b/x{y}`"], schema: false },
+    Expected { path: "caching", fragments: &["unknown section `caching`"], schema: true },
 ];
 
 /// A config holding one of each mistake in [`EXPECTED`]; `with_schema_errors: false` leaves out
 /// the ones serde finds (unknown key, missing `timeout_ms`, unknown section) and keeps every
 /// index the same.
 fn multi_error_config(with_schema_errors: bool) -> String {
-    let method_key = if with_schema_errors {
-        "methd"
-    } else {
-        "method"
-    };
-    let timeout = if with_schema_errors {
-        ""
-    } else {
-        "    timeout_ms: 1000\n"
-    };
-    let section = if with_schema_errors {
-        "caching:\n  max_bytes: 1024\n"
-    } else {
-        ""
-    };
+    let method_key = if with_schema_errors { "methd" } else { "method" };
+    let timeout = if with_schema_errors { "" } else { "    timeout_ms: 1000\n" };
+    let section = if with_schema_errors { "caching:\n  max_bytes: 1024\n" } else { "" };
     format!(
         r#"listeners:
   - name: "${{LISTENER_NAME}}"
@@ -243,19 +166,11 @@ routes:
 fn check_expected(errors: &[ConfigError], expected: &[&Expected]) -> Vec<String> {
     let mut problems: Vec<String> = expected
         .iter()
-        .filter(|x| {
-            !errors
-                .iter()
-                .any(|e| e.path == x.path && x.fragments.iter().all(|f| e.message.contains(f)))
-        })
+        .filter(|x| !errors.iter().any(|e| e.path == x.path && x.fragments.iter().all(|f| e.message.contains(f))))
         .map(|x| format!("missing: `{}` mentioning {:?}", x.path, x.fragments))
         .collect();
     if errors.len() != expected.len() {
-        problems.push(format!(
-            "expected {} errors, got {}",
-            expected.len(),
-            errors.len()
-        ));
+        problems.push(format!("expected {} errors, got {}", expected.len(), errors.len()));
     }
     problems
 }
@@ -270,18 +185,11 @@ fn every_error_in_one_file_is_reported_with_its_path() {
     let methd_line = line_of(&text, "methd");
     match errors.iter().find(|e| e.path == "routes[0].match.methd") {
         Some(e) if e.location.map(|(line, _)| line) == Some(methd_line) => {}
-        Some(e) => problems.push(format!(
-            "`routes[0].match.methd` should be located on line {methd_line}, is at {:?}",
-            e.location
-        )),
+        Some(e) => problems
+            .push(format!("`routes[0].match.methd` should be located on line {methd_line}, is at {:?}", e.location)),
         None => {}
     }
-    assert!(
-        problems.is_empty(),
-        "{}\nreported:\n{}",
-        problems.join("\n"),
-        render(&errors)
-    );
+    assert!(problems.is_empty(), "{}\nreported:\n{}", problems.join("\n"), render(&errors));
 }
 
 #[test]
@@ -289,12 +197,7 @@ fn semantic_errors_are_all_reported_together_when_the_schema_is_clean() {
     let errors = errors_of(&multi_error_config(false));
     let expected: Vec<&Expected> = EXPECTED.iter().filter(|x| !x.schema).collect();
     let problems = check_expected(&errors, &expected);
-    assert!(
-        problems.is_empty(),
-        "{}\nreported:\n{}",
-        problems.join("\n"),
-        render(&errors)
-    );
+    assert!(problems.is_empty(), "{}\nreported:\n{}", problems.join("\n"), render(&errors));
 }
 
 #[test]
@@ -304,34 +207,24 @@ fn validate_prints_every_error_prefixed_by_the_file_name_then_the_count() {
     let out = validate_cli(&file);
     let stderr = text(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "stderr:\n{stderr}");
-    assert_eq!(
-        text(&out.stdout),
-        "",
-        "nothing on stdout for an invalid config"
-    );
+    assert_eq!(text(&out.stdout), "", "nothing on stdout for an invalid config");
 
     let prefix = format!("{}: ", file.display());
     let lines: Vec<&str> = stderr.lines().collect();
     let expected = EXPECTED.iter().filter(|x| !x.schema).count();
     assert_eq!(lines.len(), expected + 1, "stderr:\n{stderr}");
     for line in &lines {
-        assert!(
-            line.starts_with(&prefix),
-            "not prefixed by the file: {line}"
-        );
+        assert!(line.starts_with(&prefix), "not prefixed by the file: {line}");
     }
     assert_eq!(lines[expected], format!("{prefix}{expected} error(s)"));
     assert!(
         lines.contains(
-            &format!("{prefix}`routes[1].upstream`: refers to unknown upstream `billing` (known: crm, empty)")
-                .as_str()
+            &format!("{prefix}`routes[1].upstream`: refers to unknown upstream `billing` (known: crm, empty)").as_str()
         ),
         "stderr:\n{stderr}"
     );
     assert!(
-        lines.iter().any(|l| l.starts_with(&format!(
-            "{prefix}`routes[4].timeout_ms`: 120000 ms is above 60000"
-        ))),
+        lines.iter().any(|l| l.starts_with(&format!("{prefix}`routes[4].timeout_ms`: 120000 ms is above 60000"))),
         "stderr:\n{stderr}"
     );
 }
@@ -347,11 +240,7 @@ admin:
   address: 127.0.0.1:9090
 "#,
     );
-    assert_error(
-        &errors,
-        "listeners[0].address",
-        &["`PUBLIC_PORT`", "not set", "${PUBLIC_PORT:-default}"],
-    );
+    assert_error(&errors, "listeners[0].address", &["`PUBLIC_PORT`", "not set", "${PUBLIC_PORT:-default}"]);
     // One mistake, one line: the unexpanded text is not checked again as an address.
     assert_eq!(errors.len(), 1, "reported:\n{}", render(&errors));
 }
@@ -379,15 +268,9 @@ routes:
     )
     .unwrap_or_else(|errors| panic!("should be valid:\n{}", render(&errors)));
     assert_eq!(config.listeners[0].name, "edge");
-    assert_eq!(
-        config.listeners[0].address,
-        "127.0.0.1:18081".parse().unwrap()
-    );
+    assert_eq!(config.listeners[0].address, "127.0.0.1:18081".parse().unwrap());
     assert_eq!(config.admin.address, "127.0.0.1:19090".parse().unwrap());
-    assert_eq!(
-        config.upstreams[0].targets,
-        ["127.0.0.1:9001".parse().unwrap()]
-    );
+    assert_eq!(config.upstreams[0].targets, ["127.0.0.1:9001".parse().unwrap()]);
     assert_eq!(config.upstreams[0].host, "127.0.0.1:9001");
 }
 
@@ -411,7 +294,8 @@ admin:
 
 #[test]
 fn a_yaml_syntax_error_gives_line_and_column() {
-    let text = "listeners:\n  - name: public\n    address: 127.0.0.1:8080\nadmin:\n  address: 127.0.0.1:9090\n   oops: 1\n";
+    let text =
+        "listeners:\n  - name: public\n    address: 127.0.0.1:8080\nadmin:\n  address: 127.0.0.1:9090\n   oops: 1\n";
     let errors = errors_of(text);
     assert_eq!(errors.len(), 1, "reported:\n{}", render(&errors));
     let e = &errors[0];
@@ -419,11 +303,7 @@ fn a_yaml_syntax_error_gives_line_and_column() {
     let (line, column) = e.location.expect("a syntax error has a location");
     assert_eq!(line, line_of(text, "oops"), "{e}");
     assert!(column > 1, "{e}");
-    assert!(
-        e.to_string()
-            .ends_with(&format!("(line {line}, column {column})")),
-        "{e}"
-    );
+    assert!(e.to_string().ends_with(&format!("(line {line}, column {column})")), "{e}");
 }
 
 #[test]
@@ -440,11 +320,7 @@ fn a_file_that_is_not_a_mapping_says_so() {
     for text in ["- listeners\n- admin\n", "just some text\n", "42\n"] {
         let errors = errors_of(text);
         assert_eq!(errors.len(), 1, "{text:?}:\n{}", render(&errors));
-        assert!(
-            errors[0].message.contains("must be a YAML mapping"),
-            "{text:?}: {}",
-            errors[0]
-        );
+        assert!(errors[0].message.contains("must be a YAML mapping"), "{text:?}: {}", errors[0]);
     }
 }
 
@@ -457,10 +333,7 @@ fn a_missing_config_file_exits_1_with_cannot_read() {
     assert_eq!(out.status.code(), Some(1), "stderr:\n{stderr}");
     assert_eq!(text(&out.stdout), "");
     assert!(stderr.contains("cannot read"), "stderr:\n{stderr}");
-    assert!(
-        stderr.contains(&format!("`{}`", file.display())),
-        "names the file: {stderr}"
-    );
+    assert!(stderr.contains(&format!("`{}`", file.display())), "names the file: {stderr}");
     assert!(stderr.ends_with("1 error(s)\n"), "stderr:\n{stderr}");
 }
 
@@ -509,26 +382,11 @@ admin:
         ca.display()
     ));
     let named = |p: &Path| format!("`{}`", p.display());
-    assert_error(
-        &errors,
-        "listeners[0].tls.cert",
-        &["cannot read", &named(&cert)],
-    );
-    assert_error(
-        &errors,
-        "listeners[0].tls.key",
-        &["cannot read", &named(&key)],
-    );
-    assert_error(
-        &errors,
-        "listeners[0].tls.client_auth.ca[0]",
-        &["cannot read", &named(&ca)],
-    );
+    assert_error(&errors, "listeners[0].tls.cert", &["cannot read", &named(&cert)]);
+    assert_error(&errors, "listeners[0].tls.key", &["cannot read", &named(&key)]);
+    assert_error(&errors, "listeners[0].tls.client_auth.ca[0]", &["cannot read", &named(&ca)]);
     for e in &errors {
-        assert!(
-            e.path.starts_with("listeners[0].tls"),
-            "unrelated error: {e}"
-        );
+        assert!(e.path.starts_with("listeners[0].tls"), "unrelated error: {e}");
     }
 }
 
@@ -553,11 +411,7 @@ routes:
 fn a_missing_upstream_ca_file_is_reported() {
     // Relative: from the working directory (the crate root), where no such file is.
     let errors = errors_of(&UPSTREAM_TLS_CONFIG.replace("CA_FILE", "missing.pem"));
-    assert_error(
-        &errors,
-        "upstreams.crm.tls.ca",
-        &["cannot read", "`missing.pem`"],
-    );
+    assert_error(&errors, "upstreams.crm.tls.ca", &["cannot read", "`missing.pem`"]);
     assert_eq!(errors.len(), 1, "reported:\n{}", render(&errors));
 }
 
@@ -565,24 +419,16 @@ fn a_missing_upstream_ca_file_is_reported() {
 fn an_upstream_ca_that_is_not_pem_fails_validate() {
     let dir = tempfile::tempdir().unwrap();
     let ca = write(dir.path(), "crm-ca.pem", "this is not a certificate\n");
-    let file = write(
-        dir.path(),
-        "seawall.yaml",
-        &UPSTREAM_TLS_CONFIG.replace("CA_FILE", &ca.display().to_string()),
-    );
+    let file = write(dir.path(), "seawall.yaml", &UPSTREAM_TLS_CONFIG.replace("CA_FILE", &ca.display().to_string()));
 
     // The file exists, so the config itself is fine; building the TLS material is not.
-    let config = config::load_file(&file, &env_of(&[]))
-        .unwrap_or_else(|errors| panic!("should parse:\n{}", render(&errors)));
+    let config =
+        config::load_file(&file, &env_of(&[])).unwrap_or_else(|errors| panic!("should parse:\n{}", render(&errors)));
     let errors = match seawall::build(config) {
         Ok(_) => panic!("a CA file that is not PEM must not build"),
         Err(errors) => errors,
     };
-    assert_error(
-        &errors,
-        "upstreams.crm.tls",
-        &[&format!("`{}`", ca.display())],
-    );
+    assert_error(&errors, "upstreams.crm.tls", &[&format!("`{}`", ca.display())]);
 
     let out = validate_cli(&file);
     let stderr = text(&out.stderr);
@@ -590,14 +436,10 @@ fn an_upstream_ca_that_is_not_pem_fails_validate() {
     assert_eq!(text(&out.stdout), "");
     let prefix = format!("{}: ", file.display());
     assert!(
-        stderr.contains(&format!("{prefix}`upstreams.crm.tls`: "))
-            && stderr.contains(&ca.display().to_string()),
+        stderr.contains(&format!("{prefix}`upstreams.crm.tls`: ")) && stderr.contains(&ca.display().to_string()),
         "stderr:\n{stderr}"
     );
-    assert!(
-        stderr.ends_with(&format!("{prefix}1 error(s)\n")),
-        "stderr:\n{stderr}"
-    );
+    assert!(stderr.ends_with(&format!("{prefix}1 error(s)\n")), "stderr:\n{stderr}");
 }
 
 #[test]
@@ -610,8 +452,7 @@ fn every_shipped_config_validates() {
         if path.extension().and_then(|e| e.to_str()) != Some("yaml") {
             continue;
         }
-        let result =
-            config::load_file(&path, &ProcessEnv).and_then(|c| seawall::build(c).map(drop));
+        let result = config::load_file(&path, &ProcessEnv).and_then(|c| seawall::build(c).map(drop));
         if let Err(errors) = result {
             failures.push(format!("{}:\n{}", path.display(), render(&errors)));
         }
@@ -652,9 +493,6 @@ routes:
     assert_eq!(out.status.code(), Some(0), "stderr:\n{}", text(&out.stderr));
     assert_eq!(
         stdout,
-        format!(
-            "{}: valid: 1 listener(s), 1 upstream(s), 2 route(s); admin on 127.0.0.1:19090\n",
-            file.display()
-        )
+        format!("{}: valid: 1 listener(s), 1 upstream(s), 2 route(s); admin on 127.0.0.1:19090\n", file.display())
     );
 }

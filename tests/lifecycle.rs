@@ -10,13 +10,7 @@ use std::time::{Duration, Instant};
 
 use common::{free_port, Backend};
 
-fn write_config(
-    dir: &tempfile::TempDir,
-    port: u16,
-    admin: u16,
-    backend: SocketAddr,
-    grace: u64,
-) -> std::path::PathBuf {
+fn write_config(dir: &tempfile::TempDir, port: u16, admin: u16, backend: SocketAddr, grace: u64) -> std::path::PathBuf {
     let path = dir.path().join("seawall.yaml");
     let yaml = format!(
         r#"
@@ -64,10 +58,7 @@ fn wait_ready(admin: u16) {
 }
 
 fn signal(child: &Child, name: &str) {
-    let status = Command::new("kill")
-        .args([format!("-{name}"), child.id().to_string()])
-        .status()
-        .unwrap();
+    let status = Command::new("kill").args([format!("-{name}"), child.id().to_string()]).status().unwrap();
     assert!(status.success());
 }
 
@@ -93,8 +84,7 @@ async fn sigterm_finishes_in_flight_requests_then_exits_promptly() {
 
     let in_flight = std::thread::spawn(move || {
         let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-        s.write_all(b"GET /slow HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n")
-            .unwrap();
+        s.write_all(b"GET /slow HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n").unwrap();
         let mut out = String::new();
         s.read_to_string(&mut out).unwrap();
         (out, Instant::now())
@@ -102,24 +92,14 @@ async fn sigterm_finishes_in_flight_requests_then_exits_promptly() {
     std::thread::sleep(Duration::from_millis(200));
     signal(&child, "TERM");
     std::thread::sleep(Duration::from_millis(200));
-    assert!(
-        TcpStream::connect(("127.0.0.1", port)).is_err(),
-        "new connections accepted while draining"
-    );
+    assert!(TcpStream::connect(("127.0.0.1", port)).is_err(), "new connections accepted while draining");
 
     let (answer, answered_at) = in_flight.join().unwrap();
-    assert!(
-        answer.starts_with("HTTP/1.1 200"),
-        "in-flight request cut: {answer}"
-    );
-    let status =
-        wait_exit(&mut child, Duration::from_secs(5)).expect("did not exit after draining");
+    assert!(answer.starts_with("HTTP/1.1 200"), "in-flight request cut: {answer}");
+    let status = wait_exit(&mut child, Duration::from_secs(5)).expect("did not exit after draining");
     assert!(status.success(), "exit status {status:?}");
     // Exits once drained, far before the 30 s grace period.
-    assert!(
-        answered_at.elapsed() < Duration::from_secs(2),
-        "exit waited for the grace period"
-    );
+    assert!(answered_at.elapsed() < Duration::from_secs(2), "exit waited for the grace period");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -132,10 +112,7 @@ async fn sighup_does_not_kill_and_sigint_exits_fast() {
     wait_ready(admin);
     signal(&child, "HUP");
     std::thread::sleep(Duration::from_millis(300));
-    assert!(
-        child.try_wait().unwrap().is_none(),
-        "SIGHUP killed the gateway"
-    );
+    assert!(child.try_wait().unwrap().is_none(), "SIGHUP killed the gateway");
     wait_ready(admin);
     signal(&child, "INT");
     let status = wait_exit(&mut child, Duration::from_secs(3)).expect("SIGINT did not exit fast");
@@ -148,19 +125,12 @@ fn an_address_in_use_is_exit_2_with_one_line() {
     let port = busy.local_addr().unwrap().port();
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(&dir, port, free_port(), "127.0.0.1:9".parse().unwrap(), 1);
-    let output = Command::new(env!("CARGO_BIN_EXE_seawall"))
-        .args(["run", "-c"])
-        .arg(&config)
-        .output()
-        .unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_seawall")).args(["run", "-c"]).arg(&config).output().unwrap();
     assert_eq!(output.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&output.stderr);
     let lines: Vec<&str> = stderr.lines().collect();
     assert_eq!(lines.len(), 1, "{stderr}");
-    assert!(
-        lines[0].contains(&format!("cannot listen on 127.0.0.1:{port}")),
-        "{stderr}"
-    );
+    assert!(lines[0].contains(&format!("cannot listen on 127.0.0.1:{port}")), "{stderr}");
     assert!(lines[0].contains("in use"), "{stderr}");
 }
 
@@ -168,21 +138,13 @@ fn an_address_in_use_is_exit_2_with_one_line() {
 fn an_invalid_or_missing_config_is_exit_1() {
     let dir = tempfile::tempdir().unwrap();
     let missing = dir.path().join("nope.yaml");
-    let output = Command::new(env!("CARGO_BIN_EXE_seawall"))
-        .args(["run", "-c"])
-        .arg(&missing)
-        .output()
-        .unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_seawall")).args(["run", "-c"]).arg(&missing).output().unwrap();
     assert_eq!(output.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&output.stderr).contains("cannot read config file"));
 
     let bad = dir.path().join("bad.yaml");
     std::fs::write(&bad, "listeners: []\nadmin: { address: nowhere }\n").unwrap();
-    let output = Command::new(env!("CARGO_BIN_EXE_seawall"))
-        .args(["run", "-c"])
-        .arg(&bad)
-        .output()
-        .unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_seawall")).args(["run", "-c"]).arg(&bad).output().unwrap();
     assert_eq!(output.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("`listeners`: required"), "{stderr}");
@@ -193,54 +155,28 @@ fn an_invalid_or_missing_config_is_exit_1() {
 async fn the_demo_routes_a_lookup_and_times_out_the_hanging_one() {
     let (port, admin) = (free_port(), free_port());
     let mut child = Command::new(env!("CARGO_BIN_EXE_seawall"))
-        .args([
-            "demo",
-            "--port",
-            &port.to_string(),
-            "--admin-port",
-            &admin.to_string(),
-        ])
+        .args(["demo", "--port", &port.to_string(), "--admin-port", &admin.to_string()])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
     wait_ready(admin);
     let client = reqwest::Client::new();
-    let resp = client
-        .get(format!("http://127.0.0.1:{port}/accounts/1001"))
-        .send()
-        .await
-        .unwrap();
+    let resp = client.get(format!("http://127.0.0.1:{port}/accounts/1001")).send().await.unwrap();
     assert_eq!(resp.status(), 200);
     let body: serde_json::Value = resp.json().await.unwrap();
     assert_eq!(body["accountId"], "1001");
-    let resp = client
-        .get(format!("http://127.0.0.1:{port}/nowhere"))
-        .send()
-        .await
-        .unwrap();
+    let resp = client.get(format!("http://127.0.0.1:{port}/nowhere")).send().await.unwrap();
     assert_eq!(resp.status(), 404);
     let started = Instant::now();
-    let resp = client
-        .get(format!("http://127.0.0.1:{port}/accounts/hang"))
-        .send()
-        .await
-        .unwrap();
+    let resp = client.get(format!("http://127.0.0.1:{port}/accounts/hang")).send().await.unwrap();
     assert_eq!(resp.status(), 504);
     assert!(started.elapsed() < Duration::from_millis(2300));
     signal(&child, "INT");
     let _ = wait_exit(&mut child, Duration::from_secs(3));
     let mut stdout = String::new();
-    child
-        .stdout
-        .take()
-        .unwrap()
-        .read_to_string(&mut stdout)
-        .unwrap();
-    assert!(
-        stdout.contains(&format!("curl -i http://127.0.0.1:{port}/accounts/1001")),
-        "{stdout}"
-    );
+    child.stdout.take().unwrap().read_to_string(&mut stdout).unwrap();
+    assert!(stdout.contains(&format!("curl -i http://127.0.0.1:{port}/accounts/1001")), "{stdout}");
     assert!(stdout.contains("/accounts/hang"), "{stdout}");
 }
 
@@ -275,50 +211,25 @@ routes:
         .unwrap();
     wait_ready(admin);
     let client = reqwest::Client::new();
-    let resp = client
-        .get(format!("http://127.0.0.1:{port}/a/1"))
-        .header("x-request-id", "log-me-1")
-        .send()
-        .await
-        .unwrap();
+    let resp =
+        client.get(format!("http://127.0.0.1:{port}/a/1")).header("x-request-id", "log-me-1").send().await.unwrap();
     assert_eq!(resp.status(), 200);
-    let resp = client
-        .get(format!("http://127.0.0.1:{port}/zzz"))
-        .send()
-        .await
-        .unwrap();
+    let resp = client.get(format!("http://127.0.0.1:{port}/zzz")).send().await.unwrap();
     assert_eq!(resp.status(), 404);
     std::thread::sleep(Duration::from_millis(100));
     signal(&child, "TERM");
     wait_exit(&mut child, Duration::from_secs(5)).expect("no exit");
     let mut stdout = String::new();
-    child
-        .stdout
-        .take()
-        .unwrap()
-        .read_to_string(&mut stdout)
-        .unwrap();
+    child.stdout.take().unwrap().read_to_string(&mut stdout).unwrap();
 
-    let lines: Vec<serde_json::Value> = stdout
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect();
+    let lines: Vec<serde_json::Value> = stdout.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
     assert!(
-        lines
-            .iter()
-            .any(|l| l["message"] == "listening (http)"
-                && l["address"] == format!("127.0.0.1:{port}")),
+        lines.iter().any(|l| l["message"] == "listening (http)" && l["address"] == format!("127.0.0.1:{port}")),
         "{stdout}"
     );
-    let access: Vec<&serde_json::Value> = lines
-        .iter()
-        .filter(|l| l["target"] == "seawall::access")
-        .collect();
+    let access: Vec<&serde_json::Value> = lines.iter().filter(|l| l["target"] == "seawall::access").collect();
     assert_eq!(access.len(), 2, "{stdout}");
-    let ok = access
-        .iter()
-        .find(|l| l["request_id"] == "log-me-1")
-        .expect("request id in the log");
+    let ok = access.iter().find(|l| l["request_id"] == "log-me-1").expect("request id in the log");
     assert_eq!(ok["route"], "lookup");
     assert_eq!(ok["status"], 200);
     assert_eq!(ok["upstream"], "crm");

@@ -31,10 +31,7 @@ routes:
 
 fn start(routes: &str, backend: &Backend) -> TestGateway {
     let dead = format!("127.0.0.1:{}", common::free_port());
-    TestGateway::start(
-        &config(routes),
-        &[("BACKEND", backend.addr.to_string()), ("DEAD", dead)],
-    )
+    TestGateway::start(&config(routes), &[("BACKEND", backend.addr.to_string()), ("DEAD", dead)])
 }
 
 const ROUTES: &str = r#"
@@ -72,10 +69,7 @@ async fn routes_by_precedence_and_rewrites_paths() {
     let client = reqwest::Client::new();
     for (path, expected_uri) in [
         ("/accounts/special", "/special"),
-        (
-            "/accounts/42?channel=voice",
-            "/legacy/account?id=42&channel=voice",
-        ),
+        ("/accounts/42?channel=voice", "/legacy/account?id=42&channel=voice"),
         ("/accounts/a%26b%3Dc", "/legacy/account?id=a%26b%3Dc"),
         ("/api/x/y%2Fz", "/v2/x/y%2Fz"),
         ("/plain/7?q=1", "/plain/7?q=1"),
@@ -103,27 +97,16 @@ async fn unknown_paths_get_404_and_wrong_methods_405_with_allow() {
     let resp = client.delete(gw.url("/accounts/42")).send().await.unwrap();
     assert_eq!(resp.status(), 405);
     assert_eq!(resp.headers()["allow"], "GET, HEAD");
-    assert_eq!(
-        problem_code(&resp.text().await.unwrap()),
-        "method_not_allowed"
-    );
+    assert_eq!(problem_code(&resp.text().await.unwrap()), "method_not_allowed");
 
     let resp = client.get(gw.url("/api/../admin")).send().await.unwrap();
     // reqwest normalises dot segments itself; send a raw one too.
     assert_ne!(resp.status(), 500);
-    let raw = raw_request(
-        gw.addr,
-        &[b"GET /api/%2e%2e/admin HTTP/1.1\r\nHost: x\r\n\r\n"],
-        Duration::ZERO,
-    )
-    .await;
+    let raw = raw_request(gw.addr, &[b"GET /api/%2e%2e/admin HTTP/1.1\r\nHost: x\r\n\r\n"], Duration::ZERO).await;
     assert!(raw.starts_with("HTTP/1.1 400"), "{raw}");
     assert!(raw.contains("\"code\":\"bad_request\""), "{raw}");
 
-    assert!(
-        backend.received().is_empty(),
-        "the backend saw refused requests"
-    );
+    assert!(backend.received().is_empty(), "the backend saw refused requests");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -151,27 +134,12 @@ async fn hung_upstream_is_504_within_deadline_and_slow_one_passes() {
     let resp = reqwest::get(gw.url("/hang")).await.unwrap();
     let elapsed = started.elapsed();
     assert_eq!(resp.status(), 504);
-    assert_eq!(
-        problem_code(&resp.text().await.unwrap()),
-        "upstream_timeout"
-    );
-    assert!(
-        elapsed >= Duration::from_millis(480),
-        "answered before the deadline: {elapsed:?}"
-    );
-    assert!(
-        elapsed < Duration::from_millis(750),
-        "answered after deadline + 250 ms: {elapsed:?}"
-    );
+    assert_eq!(problem_code(&resp.text().await.unwrap()), "upstream_timeout");
+    assert!(elapsed >= Duration::from_millis(480), "answered before the deadline: {elapsed:?}");
+    assert!(elapsed < Duration::from_millis(750), "answered after deadline + 250 ms: {elapsed:?}");
     let metrics = gw.metrics().await;
-    assert!(
-        metrics.contains(r#"seawall_upstream_requests_total{outcome="timeout",upstream="crm"} 1"#),
-        "{metrics}"
-    );
-    assert!(
-        metrics.contains(r#"seawall_requests_total{route="hang",status="504"} 1"#),
-        "{metrics}"
-    );
+    assert!(metrics.contains(r#"seawall_upstream_requests_total{outcome="timeout",upstream="crm"} 1"#), "{metrics}");
+    assert!(metrics.contains(r#"seawall_requests_total{route="hang",status="504"} 1"#), "{metrics}");
     drop(gw);
 
     let slow = Backend::slow(Duration::from_millis(300)).await;
@@ -244,28 +212,11 @@ routes:
     }
     let mut statuses = Vec::new();
     for _ in 0..4 {
-        statuses.push(
-            client
-                .post(gw.url("/r"))
-                .body("{}")
-                .send()
-                .await
-                .unwrap()
-                .status()
-                .as_u16(),
-        );
+        statuses.push(client.post(gw.url("/r")).body("{}").send().await.unwrap().status().as_u16());
     }
     // Round robin sends half the POSTs to the closed port, and those are not retried.
-    assert_eq!(
-        statuses.iter().filter(|s| **s == 502).count(),
-        2,
-        "{statuses:?}"
-    );
-    assert_eq!(
-        statuses.iter().filter(|s| **s == 200).count(),
-        2,
-        "{statuses:?}"
-    );
+    assert_eq!(statuses.iter().filter(|s| **s == 502).count(), 2, "{statuses:?}");
+    assert_eq!(statuses.iter().filter(|s| **s == 200).count(), 2, "{statuses:?}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -286,10 +237,7 @@ routes:
     upstream: pair
     timeout_ms: 2000
 "#;
-    let gw = TestGateway::start(
-        yaml,
-        &[("A", a.addr.to_string()), ("B", b.addr.to_string())],
-    );
+    let gw = TestGateway::start(yaml, &[("A", a.addr.to_string()), ("B", b.addr.to_string())]);
     let client = reqwest::Client::new();
     for _ in 0..10 {
         assert_eq!(client.get(gw.url("/r")).send().await.unwrap().status(), 200);
@@ -299,11 +247,7 @@ routes:
     for backend in [&a, &b] {
         let mut peers: Vec<_> = backend.received().iter().map(|r| r.peer).collect();
         peers.dedup();
-        assert_eq!(
-            peers.len(),
-            1,
-            "a new upstream connection per request: {peers:?}"
-        );
+        assert_eq!(peers.len(), 1, "a new upstream connection per request: {peers:?}");
     }
 }
 
@@ -330,22 +274,10 @@ async fn oversized_bodies_get_413_and_never_reach_the_backend_complete() {
     let backend = Backend::ok().await;
     let gw = start(ROUTES, &backend);
     let client = reqwest::Client::new();
-    let resp = client
-        .post(gw.url("/plain/1"))
-        .body(vec![b'x'; 1001])
-        .send()
-        .await
-        .unwrap();
+    let resp = client.post(gw.url("/plain/1")).body(vec![b'x'; 1001]).send().await.unwrap();
     assert_eq!(resp.status(), 413);
-    assert_eq!(
-        problem_code(&resp.text().await.unwrap()),
-        "request_too_large"
-    );
-    assert_eq!(
-        backend.started(),
-        0,
-        "the backend saw a request with a declared oversize body"
-    );
+    assert_eq!(problem_code(&resp.text().await.unwrap()), "request_too_large");
+    assert_eq!(backend.started(), 0, "the backend saw a request with a declared oversize body");
 
     let chunk = format!("258\r\n{}\r\n", "y".repeat(600));
     let request: Vec<&[u8]> = vec![
@@ -357,17 +289,9 @@ async fn oversized_bodies_get_413_and_never_reach_the_backend_complete() {
     let answer = raw_request(gw.addr, &request, Duration::from_millis(20)).await;
     assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
     assert!(answer.contains("request_too_large"), "{answer}");
-    assert!(
-        backend.received().is_empty(),
-        "the backend got a complete oversized request"
-    );
+    assert!(backend.received().is_empty(), "the backend got a complete oversized request");
 
-    let resp = client
-        .post(gw.url("/plain/1"))
-        .body(vec![b'z'; 1000])
-        .send()
-        .await
-        .unwrap();
+    let resp = client.post(gw.url("/plain/1")).body(vec![b'z'; 1000]).send().await.unwrap();
     assert_eq!(resp.status(), 200, "a body at the limit passes");
 }
 
@@ -389,42 +313,21 @@ async fn request_ids_are_echoed_or_generated_and_forwarding_headers_set() {
     assert_eq!(resp.headers()["x-request-id"], "call-123.abc");
     let got = &backend.received()[0];
     assert_eq!(got.header("x-request-id"), Some("call-123.abc"));
-    assert_eq!(
-        got.header("x-forwarded-for"),
-        Some("203.0.113.9, 127.0.0.1")
-    );
+    assert_eq!(got.header("x-forwarded-for"), Some("203.0.113.9, 127.0.0.1"));
     assert_eq!(got.header("x-forwarded-proto"), Some("http"));
     assert_eq!(got.header("host"), Some(backend.addr.to_string().as_str()));
-    assert_eq!(
-        got.header("x-forwarded-host"),
-        Some(gw.addr.to_string().as_str())
-    );
-    assert_eq!(
-        got.header("x-secret"),
-        None,
-        "a connection-nominated header was forwarded"
-    );
+    assert_eq!(got.header("x-forwarded-host"), Some(gw.addr.to_string().as_str()));
+    assert_eq!(got.header("x-secret"), None, "a connection-nominated header was forwarded");
 
-    let resp = client
-        .get(gw.url("/plain/2"))
-        .header("x-request-id", "bad id <script>")
-        .send()
-        .await
-        .unwrap();
+    let resp = client.get(gw.url("/plain/2")).header("x-request-id", "bad id <script>").send().await.unwrap();
     let id = resp.headers()["x-request-id"].to_str().unwrap().to_string();
     assert_eq!(id.len(), 32);
     assert!(id.chars().all(|c| c.is_ascii_hexdigit()));
-    assert_eq!(
-        backend.received()[1].header("x-request-id"),
-        Some(id.as_str())
-    );
+    assert_eq!(backend.received()[1].header("x-request-id"), Some(id.as_str()));
 
     let resp = client.get(gw.url("/nowhere")).send().await.unwrap();
     let id = resp.headers()["x-request-id"].to_str().unwrap().to_string();
-    assert!(
-        resp.text().await.unwrap().contains(&id),
-        "problem body names the request id"
-    );
+    assert!(resp.text().await.unwrap().contains(&id), "problem body names the request id");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -455,15 +358,7 @@ async fn metrics_follow_the_traffic() {
     let gw = start(ROUTES, &backend);
     let client = reqwest::Client::new();
     for _ in 0..3 {
-        assert_eq!(
-            client
-                .get(gw.url("/plain/1"))
-                .send()
-                .await
-                .unwrap()
-                .status(),
-            200
-        );
+        assert_eq!(client.get(gw.url("/plain/1")).send().await.unwrap().status(), 200);
     }
     client.get(gw.url("/nowhere")).send().await.unwrap();
     client.get(gw.url("/broken")).send().await.unwrap();
@@ -481,10 +376,7 @@ async fn metrics_follow_the_traffic() {
         assert!(metrics.contains(line), "missing `{line}` in:\n{metrics}");
     }
     for line in metrics.lines().filter(|l| l.starts_with("seawall_")) {
-        assert!(
-            !line.contains("/plain"),
-            "a raw path became a label: {line}"
-        );
+        assert!(!line.contains("/plain"), "a raw path became a label: {line}");
     }
 }
 
@@ -496,16 +388,9 @@ async fn admin_endpoints_answer_only_on_the_admin_listener() {
     assert_eq!(reqwest::get(admin("/healthz")).await.unwrap().status(), 200);
     assert_eq!(reqwest::get(admin("/readyz")).await.unwrap().status(), 200);
     let resp = reqwest::get(admin("/metrics")).await.unwrap();
-    assert!(resp.headers()["content-type"]
-        .to_str()
-        .unwrap()
-        .starts_with("text/plain; version=0.0.4"));
+    assert!(resp.headers()["content-type"].to_str().unwrap().starts_with("text/plain; version=0.0.4"));
     for path in ["/metrics", "/healthz", "/readyz"] {
-        assert_eq!(
-            reqwest::get(gw.url(path)).await.unwrap().status(),
-            404,
-            "{path} on the public listener"
-        );
+        assert_eq!(reqwest::get(gw.url(path)).await.unwrap().status(), 404, "{path} on the public listener");
     }
 }
 
@@ -521,8 +406,7 @@ async fn a_slow_or_vanished_client_is_not_an_upstream_timeout() {
     let gw = start(routes, &hung);
 
     // The caller declares 100 bytes and sends 10: the backend waits for the rest.
-    let request: &[&[u8]] =
-        &[b"POST /upload HTTP/1.1\r\nHost: gw\r\nContent-Length: 100\r\n\r\n0123456789"];
+    let request: &[&[u8]] = &[b"POST /upload HTTP/1.1\r\nHost: gw\r\nContent-Length: 100\r\n\r\n0123456789"];
     let answer = raw_request(gw.addr, request, Duration::ZERO).await;
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
     assert!(answer.contains("request_timeout"), "{answer}");
@@ -531,10 +415,7 @@ async fn a_slow_or_vanished_client_is_not_an_upstream_timeout() {
     {
         use tokio::io::AsyncWriteExt;
         let mut stream = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
-        stream
-            .write_all(b"GET /upload HTTP/1.1\r\nHost: gw\r\n\r\n")
-            .await
-            .unwrap();
+        stream.write_all(b"GET /upload HTTP/1.1\r\nHost: gw\r\n\r\n").await.unwrap();
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     tokio::time::sleep(Duration::from_millis(800)).await;
@@ -544,13 +425,7 @@ async fn a_slow_or_vanished_client_is_not_an_upstream_timeout() {
         metrics.contains(r#"seawall_upstream_requests_total{outcome="timeout",upstream="crm"} 0"#),
         "a client's fault was counted as an upstream timeout:\n{metrics}"
     );
-    assert!(
-        metrics.contains(r#"seawall_requests_total{route="upload",status="408"} 1"#),
-        "{metrics}"
-    );
-    assert!(
-        metrics.contains(r#"seawall_requests_total{route="upload",status="499"} 1"#),
-        "{metrics}"
-    );
+    assert!(metrics.contains(r#"seawall_requests_total{route="upload",status="408"} 1"#), "{metrics}");
+    assert!(metrics.contains(r#"seawall_requests_total{route="upload",status="499"} 1"#), "{metrics}");
     assert!(!metrics.contains(r#"status="504""#), "{metrics}");
 }

@@ -30,12 +30,7 @@ impl<F: Fn(&str) -> Option<String>> EnvLookup for F {
 }
 
 /// Expands every string scalar in `value`, collecting one error per unresolvable reference.
-pub fn expand_tree(
-    value: &mut Value,
-    path: &str,
-    env: &dyn EnvLookup,
-    errors: &mut Vec<ConfigError>,
-) {
+pub fn expand_tree(value: &mut Value, path: &str, env: &dyn EnvLookup, errors: &mut Vec<ConfigError>) {
     match value {
         Value::String(s) if s.contains('$') => match expand(s, env) {
             Ok(expanded) => *s = expanded,
@@ -52,11 +47,7 @@ pub fn expand_tree(
         Value::Mapping(map) => {
             for (key, item) in map.iter_mut() {
                 let key = key_name(key);
-                let child = if path.is_empty() {
-                    key
-                } else {
-                    format!("{path}.{key}")
-                };
+                let child = if path.is_empty() { key } else { format!("{path}.{key}") };
                 expand_tree(item, &child, env, errors);
             }
         }
@@ -68,9 +59,7 @@ pub fn expand_tree(
 pub(super) fn key_name(key: &Value) -> String {
     match key {
         Value::String(s) => s.clone(),
-        other => serde_yaml_ng::to_string(other)
-            .map(|s| s.trim_end().to_string())
-            .unwrap_or_else(|_| "?".to_string()),
+        other => serde_yaml_ng::to_string(other).map(|s| s.trim_end().to_string()).unwrap_or_else(|_| "?".to_string()),
     }
 }
 
@@ -100,7 +89,9 @@ pub fn expand(input: &str, env: &dyn EnvLookup) -> Result<String, String> {
             None => (body, None),
         };
         if !is_valid_name(name) {
-            return Err(format!("`${{{body}}}` is not a valid variable reference (letters, digits and `_`, not starting with a digit)"));
+            return Err(format!(
+                "`${{{body}}}` is not a valid variable reference (letters, digits and `_`, not starting with a digit)"
+            ));
         }
         match (env.get(name), default) {
             (Some(value), _) => out.push_str(&value),
@@ -128,10 +119,7 @@ fn truncate(s: &str) -> String {
     if s.len() <= MAX {
         s.to_string()
     } else {
-        let cut = (0..=MAX)
-            .rev()
-            .find(|&i| s.is_char_boundary(i))
-            .unwrap_or(0);
+        let cut = (0..=MAX).rev().find(|&i| s.is_char_boundary(i)).unwrap_or(0);
         format!("{}…", &s[..cut])
     }
 }
@@ -155,19 +143,14 @@ mod tests {
         assert_eq!(expand("${SECRET:-fallback}", &env).unwrap(), "s3cr3t");
         assert_eq!(expand("${EMPTY:-x}", &env).unwrap(), "");
         assert_eq!(expand("${MISSING:-}", &env).unwrap(), "");
-        assert_eq!(
-            expand("cost $5 and $${KEEP}", &env).unwrap(),
-            "cost $5 and ${KEEP}"
-        );
+        assert_eq!(expand("cost $5 and $${KEEP}", &env).unwrap(), "cost $5 and ${KEEP}");
     }
 
     #[test]
     fn names_the_missing_variable() {
         let err = expand("postgres://${DB_USER}@db", &env).unwrap_err();
         assert!(err.contains("`DB_USER` is not set"), "{err}");
-        assert!(expand("${bad-name}", &env)
-            .unwrap_err()
-            .contains("not a valid variable"));
+        assert!(expand("${bad-name}", &env).unwrap_err().contains("not a valid variable"));
         assert!(expand("${OPEN", &env).unwrap_err().contains("unterminated"));
     }
 }

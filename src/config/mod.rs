@@ -19,6 +19,7 @@ use serde_yaml_ng::Value;
 
 pub use env::{EnvLookup, ProcessEnv};
 
+use crate::auth::ip::CidrSet;
 use crate::routing::{PathTemplate, RewriteTemplate, Router};
 
 /// Defaults named once; the contract lists them.
@@ -44,11 +45,7 @@ pub struct ConfigError {
 
 impl ConfigError {
     pub fn at(path: impl Into<String>, message: impl Into<String>) -> Self {
-        ConfigError {
-            path: path.into(),
-            message: message.into(),
-            location: None,
-        }
+        ConfigError { path: path.into(), message: message.into(), location: None }
     }
 }
 
@@ -73,6 +70,8 @@ pub struct Config {
     pub logging: LoggingSettings,
     pub listeners: Vec<ListenerConfig>,
     pub admin: AdminConfig,
+    /// Peers whose `X-Forwarded-For` is believed (the client IP is then read from it).
+    pub trusted_proxies: CidrSet,
     pub upstreams: Vec<UpstreamConfig>,
     pub routes: Vec<RouteConfig>,
     pub router: Router,
@@ -139,17 +138,15 @@ pub struct RouteConfig {
     pub timeout: Duration,
     pub retries: u32,
     pub max_body_bytes: u64,
+    /// The union of the route's `allow_ips` lists, merged at start-up; `None`: any caller.
+    pub allow_ips: Option<CidrSet>,
 }
 
 /// Reads and validates a config file. Relative paths inside it are taken from the working
 /// directory, as the contract says.
 pub fn load_file(path: &Path, env: &dyn EnvLookup) -> Result<Config, Vec<ConfigError>> {
-    let text = std::fs::read_to_string(path).map_err(|e| {
-        vec![ConfigError::at(
-            "",
-            format!("cannot read config file `{}`: {e}", path.display()),
-        )]
-    })?;
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| vec![ConfigError::at("", format!("cannot read config file `{}`: {e}", path.display()))])?;
     load_str(&text, env)
 }
 
@@ -161,11 +158,7 @@ pub fn load_str(text: &str, env: &dyn EnvLookup) -> Result<Config, Vec<ConfigErr
         Ok(tree) => tree,
         Err(e) => {
             let location = e.location().map(|l| (l.line(), l.column()));
-            return Err(vec![ConfigError {
-                path: String::new(),
-                message: format!("not valid YAML: {e}"),
-                location,
-            }]);
+            return Err(vec![ConfigError { path: String::new(), message: format!("not valid YAML: {e}"), location }]);
         }
     };
     env::expand_tree(&mut tree, "", env, &mut errors);
@@ -190,10 +183,7 @@ pub fn load_str(text: &str, env: &dyn EnvLookup) -> Result<Config, Vec<ConfigErr
 /// error is reported, not only the first, and the parts that did parse are still validated.
 fn parse_sections(tree: Value, errors: &mut Vec<ConfigError>) -> Option<schema::Sections> {
     let Value::Mapping(map) = tree else {
-        errors.push(ConfigError::at(
-            "",
-            "the config must be a YAML mapping of sections",
-        ));
+        errors.push(ConfigError::at("", "the config must be a YAML mapping of sections"));
         return None;
     };
     let mut sections = std::collections::HashMap::new();
@@ -204,10 +194,7 @@ fn parse_sections(tree: Value, errors: &mut Vec<ConfigError>) -> Option<schema::
         } else {
             errors.push(ConfigError::at(
                 name.clone(),
-                format!(
-                    "unknown section `{name}`, expected one of: {}",
-                    schema::TOP_LEVEL_KEYS.join(", ")
-                ),
+                format!("unknown section `{name}`, expected one of: {}", schema::TOP_LEVEL_KEYS.join(", ")),
             ));
         }
     }
@@ -216,60 +203,51 @@ fn parse_sections(tree: Value, errors: &mut Vec<ConfigError>) -> Option<schema::
     let listeners = match sections.remove("listeners") {
         Some(v) => list(v, "listeners", errors),
         None => {
-            errors.push(ConfigError::at(
-                "listeners",
-                "required: at least one listener",
-            ));
+            errors.push(ConfigError::at("listeners", "required: at least one listener"));
             Vec::new()
         }
     };
     let admin = match sections.remove("admin") {
         Some(v) => section(v, "admin", errors),
         None => {
-            errors.push(ConfigError::at(
-                "admin",
-                "required: the admin listener (`admin.address`)",
-            ));
+            errors.push(ConfigError::at("admin", "required: the admin listener (`admin.address`)"));
             None
         }
     };
-    let upstreams = match sections.remove("upstreams") {
+    let trusted_proxies = optional(sections.remove("trusted_proxies"), "trusted_proxies", errors).unwrap_or_default();
+    let ip_allowlists = named(sections.remove("ip_allowlists"), "ip_allowlists", errors);
+    let upstreams = named(sections.remove("upstreams"), "upstreams", errors);
+    let routes = match sections.remove("routes") {
+        Some(v) => list(v, "routes", errors),
+        None => Vec::new(),
+    };
+    Some(schema::Sections { server, logging, listeners, admin, trusted_proxies, ip_allowlists, upstreams, routes })
+}
+
+/// A mapping of names to settings (`upstreams`, `ip_allowlists`); each entry parsed on its own.
+fn named<T: DeserializeOwned>(
+    value: Option<Value>,
+    path: &str,
+    errors: &mut Vec<ConfigError>,
+) -> std::collections::BTreeMap<String, Option<T>> {
+    match value {
         Some(Value::Null) | None => Default::default(),
         Some(Value::Mapping(map)) => map
             .into_iter()
             .map(|(key, value)| {
                 let name = env::key_name(&key);
-                let parsed = section(value, &format!("upstreams.{name}"), errors);
+                let parsed = section(value, &format!("{path}.{name}"), errors);
                 (name, parsed)
             })
             .collect(),
         Some(_) => {
-            errors.push(ConfigError::at(
-                "upstreams",
-                "must be a mapping of upstream name to settings",
-            ));
+            errors.push(ConfigError::at(path, "must be a mapping of names to settings"));
             Default::default()
         }
-    };
-    let routes = match sections.remove("routes") {
-        Some(v) => list(v, "routes", errors),
-        None => Vec::new(),
-    };
-    Some(schema::Sections {
-        server,
-        logging,
-        listeners,
-        admin,
-        upstreams,
-        routes,
-    })
+    }
 }
 
-fn section<T: DeserializeOwned>(
-    value: Value,
-    path: &str,
-    errors: &mut Vec<ConfigError>,
-) -> Option<T> {
+fn section<T: DeserializeOwned>(value: Value, path: &str, errors: &mut Vec<ConfigError>) -> Option<T> {
     match serde_path_to_error::deserialize::<_, T>(value) {
         Ok(v) => Some(v),
         Err(e) => {
@@ -287,29 +265,19 @@ fn section<T: DeserializeOwned>(
     }
 }
 
-fn optional<T: DeserializeOwned>(
-    value: Option<Value>,
-    path: &str,
-    errors: &mut Vec<ConfigError>,
-) -> Option<T> {
+fn optional<T: DeserializeOwned>(value: Option<Value>, path: &str, errors: &mut Vec<ConfigError>) -> Option<T> {
     match value {
         None | Some(Value::Null) => None,
         Some(v) => section(v, path, errors),
     }
 }
 
-fn list<T: DeserializeOwned>(
-    value: Value,
-    path: &str,
-    errors: &mut Vec<ConfigError>,
-) -> Vec<Option<T>> {
+fn list<T: DeserializeOwned>(value: Value, path: &str, errors: &mut Vec<ConfigError>) -> Vec<Option<T>> {
     match value {
         Value::Null => Vec::new(),
-        Value::Sequence(items) => items
-            .into_iter()
-            .enumerate()
-            .map(|(i, item)| section(item, &format!("{path}[{i}]"), errors))
-            .collect(),
+        Value::Sequence(items) => {
+            items.into_iter().enumerate().map(|(i, item)| section(item, &format!("{path}[{i}]"), errors)).collect()
+        }
         _ => {
             errors.push(ConfigError::at(path, "must be a list"));
             Vec::new()
@@ -324,15 +292,13 @@ fn schema_message(e: serde_yaml_ng::Error) -> String {
         return "must be a method name or a list of method names".to_string();
     }
     if message.starts_with("data did not match any variant of untagged enum UpstreamTlsSection") {
-        return "must be `false`, `true` or a map with `sni`, `ca`, `client_cert`, `client_key`"
-            .to_string();
+        return "must be `false`, `true` or a map with `sni`, `ca`, `client_cert`, `client_key`".to_string();
     }
     message
 }
 
 fn is_at_or_under(path: &str, prefix: &str) -> bool {
-    path.strip_prefix(prefix)
-        .is_some_and(|rest| rest.is_empty() || rest.starts_with(['.', '[']))
+    path.strip_prefix(prefix).is_some_and(|rest| rest.is_empty() || rest.starts_with(['.', '[']))
 }
 
 /// Attaches a line and column to errors when a typed whole-file parse of the text points at the
@@ -343,10 +309,7 @@ fn add_locations(text: &str, errors: &mut [ConfigError]) {
         let path = e.path().to_string();
         let location = e.inner().location().map(|l| (l.line(), l.column()));
         if let Some(location) = location {
-            if let Some(err) = errors
-                .iter_mut()
-                .find(|err| err.path == path && err.location.is_none())
-            {
+            if let Some(err) = errors.iter_mut().find(|err| err.path == path && err.location.is_none()) {
                 err.location = Some(location);
             }
         }

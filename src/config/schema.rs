@@ -63,6 +63,15 @@ pub struct AdminSection {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
+pub struct IpAllowlistSection {
+    #[serde(default)]
+    pub cidrs: Vec<String>,
+    #[serde(default)]
+    pub files: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct UpstreamSection {
     pub targets: Vec<String>,
     #[serde(default)]
@@ -105,6 +114,8 @@ pub struct RouteSection {
     #[serde(default)]
     pub forward_query: bool,
     pub timeout_ms: u64,
+    #[serde(default)]
+    pub allow_ips: Vec<String>,
     pub retries: Option<u32>,
     pub max_body_bytes: Option<u64>,
 }
@@ -124,14 +135,8 @@ pub enum Methods {
 }
 
 /// The sections a file may hold, in the order they are checked.
-pub const TOP_LEVEL_KEYS: &[&str] = &[
-    "server",
-    "logging",
-    "listeners",
-    "admin",
-    "upstreams",
-    "routes",
-];
+pub const TOP_LEVEL_KEYS: &[&str] =
+    &["server", "logging", "listeners", "admin", "trusted_proxies", "ip_allowlists", "upstreams", "routes"];
 
 /// The file as parsed section by section: an element that failed to parse is `None`, so the
 /// others keep their list positions (and YAML paths) and are still checked.
@@ -141,6 +146,8 @@ pub struct Sections {
     pub logging: LoggingSection,
     pub listeners: Vec<Option<ListenerSection>>,
     pub admin: Option<AdminSection>,
+    pub trusted_proxies: Vec<String>,
+    pub ip_allowlists: BTreeMap<String, Option<IpAllowlistSection>>,
     pub upstreams: BTreeMap<String, Option<UpstreamSection>>,
     pub routes: Vec<Option<RouteSection>>,
 }
@@ -156,6 +163,10 @@ pub struct FileConfig {
     pub logging: LoggingSection,
     pub listeners: Vec<ListenerSection>,
     pub admin: AdminSection,
+    #[serde(default)]
+    pub trusted_proxies: Vec<String>,
+    #[serde(default)]
+    pub ip_allowlists: BTreeMap<String, IpAllowlistSection>,
     #[serde(default)]
     pub upstreams: BTreeMap<String, UpstreamSection>,
     #[serde(default)]

@@ -9,9 +9,10 @@ use http::Method;
 
 use super::schema::{self, Methods, Sections, UpstreamTlsSection};
 use super::{
-    defaults, AdminConfig, Config, ConfigError, ListenerConfig, LogFormat, LoggingSettings,
-    RouteConfig, ServerSettings, UpstreamConfig, UpstreamTls,
+    defaults, AdminConfig, Config, ConfigError, ListenerConfig, LogFormat, LoggingSettings, RouteConfig,
+    ServerSettings, UpstreamConfig, UpstreamTls,
 };
+use crate::auth::ip::{parse_cidr, read_allowlist_file, CidrSet};
 use crate::routing::{PathTemplate, RewriteTemplate, RouteSpec, Router};
 
 pub(super) fn validate(file: Sections, errors: &mut Vec<ConfigError>) -> Option<Config> {
@@ -32,10 +33,7 @@ pub(super) fn validate(file: Sections, errors: &mut Vec<ConfigError>) -> Option<
         if l.name.trim().is_empty() {
             err(format!("{path}.name"), "must not be empty".into());
         } else if !names.insert(l.name.as_str()) {
-            err(
-                format!("{path}.name"),
-                format!("duplicate listener name `{}`", l.name),
-            );
+            err(format!("{path}.name"), format!("duplicate listener name `{}`", l.name));
         }
         if let Some(tls) = &l.tls {
             check_file(&tls.cert, &format!("{path}.tls.cert"), &mut err);
@@ -58,10 +56,7 @@ pub(super) fn validate(file: Sections, errors: &mut Vec<ConfigError>) -> Option<
                 }
                 for (j, name) in auth.allowed_names.iter().enumerate() {
                     if name.trim().is_empty() {
-                        err(
-                            format!("{path}.tls.client_auth.allowed_names[{j}]"),
-                            "must not be empty".into(),
-                        );
+                        err(format!("{path}.tls.client_auth.allowed_names[{j}]"), "must not be empty".into());
                     }
                 }
                 for (j, ca) in auth.ca.iter().enumerate() {
@@ -80,15 +75,9 @@ pub(super) fn validate(file: Sections, errors: &mut Vec<ConfigError>) -> Option<
         match socket_addr(&l.address) {
             Ok(address) => {
                 if !addresses.insert(address) {
-                    err(
-                        format!("{path}.address"),
-                        format!("address `{address}` is used by another listener"),
-                    );
+                    err(format!("{path}.address"), format!("address `{address}` is used by another listener"));
                 }
-                listeners.push(ListenerConfig {
-                    name: l.name.clone(),
-                    address,
-                });
+                listeners.push(ListenerConfig { name: l.name.clone(), address });
             }
             Err(message) => err(format!("{path}.address"), message),
         }
@@ -111,6 +100,18 @@ pub(super) fn validate(file: Sections, errors: &mut Vec<ConfigError>) -> Option<
         }
     };
 
+    let trusted_proxies = cidr_set(&file.trusted_proxies, &[], "trusted_proxies", &mut err);
+    let mut allowlists = std::collections::BTreeMap::new();
+    for (name, list) in &file.ip_allowlists {
+        let Some(list) = list else { continue };
+        let path = format!("ip_allowlists.{name}");
+        let set = cidr_set(&list.cidrs, &list.files, &path, &mut err);
+        if set.is_empty() && list.files.is_empty() {
+            err(path, "has no networks: it would refuse every caller".into());
+        }
+        allowlists.insert(name.as_str(), set);
+    }
+
     let mut upstreams = Vec::new();
     for (name, u) in &file.upstreams {
         let Some(u) = u else { continue };
@@ -129,18 +130,12 @@ pub(super) fn validate(file: Sections, errors: &mut Vec<ConfigError>) -> Option<
         if !is_identifier(&r.id) {
             err(
                 format!("{path}.id"),
-                format!(
-                    "`{}` is not a valid route id (letters, digits, `_`, `-`, `.`; at most 64)",
-                    r.id
-                ),
+                format!("`{}` is not a valid route id (letters, digits, `_`, `-`, `.`; at most 64)", r.id),
             );
         } else if !ids.insert(r.id.as_str()) {
-            err(
-                format!("{path}.id"),
-                format!("duplicate route id `{}`", r.id),
-            );
+            err(format!("{path}.id"), format!("duplicate route id `{}`", r.id));
         }
-        if let Some(route) = route(&path, r, &file, &upstreams, &mut err) {
+        if let Some(route) = route(&path, r, &file, &upstreams, &allowlists, &mut err) {
             routes.push(route);
             positions.push(i);
         }
@@ -148,11 +143,7 @@ pub(super) fn validate(file: Sections, errors: &mut Vec<ConfigError>) -> Option<
 
     let specs: Vec<RouteSpec> = routes
         .iter()
-        .map(|r: &RouteConfig| RouteSpec {
-            id: &r.id,
-            methods: r.methods.clone(),
-            template: &r.path,
-        })
+        .map(|r: &RouteConfig| RouteSpec { id: &r.id, methods: r.methods.clone(), template: &r.path })
         .collect();
     let router = match Router::build(&specs) {
         Ok(router) => Some(router),
@@ -167,15 +158,7 @@ pub(super) fn validate(file: Sections, errors: &mut Vec<ConfigError>) -> Option<
     if !errors.is_empty() {
         return None;
     }
-    Some(Config {
-        server,
-        logging,
-        listeners,
-        admin: admin?,
-        upstreams,
-        routes,
-        router: router?,
-    })
+    Some(Config { server, logging, listeners, admin: admin?, trusted_proxies, upstreams, routes, router: router? })
 }
 
 fn server(s: &schema::ServerSection, err: &mut impl FnMut(String, String)) -> ServerSettings {
@@ -189,81 +172,47 @@ fn server(s: &schema::ServerSection, err: &mut impl FnMut(String, String)) -> Se
             1
         }
         Some(n) => n,
-        None => std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1),
+        None => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
     };
     let grace = s.grace_period_secs.unwrap_or(defaults::GRACE_PERIOD_SECS);
     if grace > 3600 {
-        err(
-            "server.grace_period_secs".into(),
-            format!("{grace} is more than an hour"),
-        );
+        err("server.grace_period_secs".into(), format!("{grace} is more than an hour"));
     }
-    let pool = s
-        .upstream_keepalive_pool_size
-        .unwrap_or(defaults::UPSTREAM_KEEPALIVE_POOL_SIZE);
+    let pool = s.upstream_keepalive_pool_size.unwrap_or(defaults::UPSTREAM_KEEPALIVE_POOL_SIZE);
     if pool == 0 {
         err(
             "server.upstream_keepalive_pool_size".into(),
             "must be at least 1 (0 would open a new upstream connection per request)".into(),
         );
     }
-    ServerSettings {
-        threads,
-        grace_period: Duration::from_secs(grace),
-        upstream_keepalive_pool_size: pool,
-    }
+    ServerSettings { threads, grace_period: Duration::from_secs(grace), upstream_keepalive_pool_size: pool }
 }
 
 fn logging(l: &schema::LoggingSection, err: &mut impl FnMut(String, String)) -> LoggingSettings {
-    let level = l
-        .level
-        .clone()
-        .unwrap_or_else(|| defaults::LOG_LEVEL.to_string());
+    let level = l.level.clone().unwrap_or_else(|| defaults::LOG_LEVEL.to_string());
     if !["error", "warn", "info", "debug", "trace"].contains(&level.as_str()) {
-        err(
-            "logging.level".into(),
-            format!("`{level}` is not one of error, warn, info, debug, trace"),
-        );
+        err("logging.level".into(), format!("`{level}` is not one of error, warn, info, debug, trace"));
     }
     let format = match l.format.as_deref() {
         None | Some("text") => LogFormat::Text,
         Some("json") => LogFormat::Json,
         Some(other) => {
-            err(
-                "logging.format".into(),
-                format!("`{other}` is not one of text, json"),
-            );
+            err("logging.format".into(), format!("`{other}` is not one of text, json"));
             LogFormat::Text
         }
     };
-    LoggingSettings {
-        level,
-        format,
-        access_log: l.access_log.unwrap_or(true),
-    }
+    LoggingSettings { level, format, access_log: l.access_log.unwrap_or(true) }
 }
 
-fn upstream(
-    name: &str,
-    u: &schema::UpstreamSection,
-    err: &mut impl FnMut(String, String),
-) -> Option<UpstreamConfig> {
+fn upstream(name: &str, u: &schema::UpstreamSection, err: &mut impl FnMut(String, String)) -> Option<UpstreamConfig> {
     let path = format!("upstreams.{name}");
     let mut ok = true;
     if !is_identifier(name) {
-        err(
-            path.clone(),
-            format!("`{name}` is not a valid upstream name (letters, digits, `_`, `-`, `.`)"),
-        );
+        err(path.clone(), format!("`{name}` is not a valid upstream name (letters, digits, `_`, `-`, `.`)"));
         ok = false;
     }
     if u.targets.is_empty() {
-        err(
-            format!("{path}.targets"),
-            "required: at least one `host:port`".into(),
-        );
+        err(format!("{path}.targets"), "required: at least one `host:port`".into());
         ok = false;
     }
     let mut targets = Vec::new();
@@ -278,20 +227,13 @@ fn upstream(
     }
     let connect_ms = u.connect_timeout_ms.unwrap_or(defaults::CONNECT_TIMEOUT_MS);
     if connect_ms == 0 || connect_ms > defaults::MAX_ROUTE_TIMEOUT_MS {
-        err(
-            format!("{path}.connect_timeout_ms"),
-            format!("{connect_ms} must be between 1 and 60000"),
-        );
+        err(format!("{path}.connect_timeout_ms"), format!("{connect_ms} must be between 1 and 60000"));
         ok = false;
     }
     let host = u.targets.first().cloned().unwrap_or_default();
     let tls = match &u.tls {
         UpstreamTlsSection::Enabled(false) => None,
-        UpstreamTlsSection::Enabled(true) => Some(UpstreamTls {
-            sni: host_part(&host),
-            ca: None,
-            client_cert: None,
-        }),
+        UpstreamTlsSection::Enabled(true) => Some(UpstreamTls { sni: host_part(&host), ca: None, client_cert: None }),
         UpstreamTlsSection::Settings(s) => {
             let file = |value: &Option<String>, key: &str, err: &mut dyn FnMut(String, String)| {
                 value.as_ref().and_then(|f| {
@@ -303,17 +245,10 @@ fn upstream(
             let cert = file(&s.client_cert, "client_cert", err);
             let key = file(&s.client_key, "client_key", err);
             if s.client_cert.is_some() != s.client_key.is_some() {
-                err(
-                    format!("{path}.tls"),
-                    "`client_cert` and `client_key` go together".into(),
-                );
+                err(format!("{path}.tls"), "`client_cert` and `client_key` go together".into());
                 ok = false;
             }
-            Some(UpstreamTls {
-                sni: s.sni.clone().unwrap_or_else(|| host_part(&host)),
-                ca,
-                client_cert: cert.zip(key),
-            })
+            Some(UpstreamTls { sni: s.sni.clone().unwrap_or_else(|| host_part(&host)), ca, client_cert: cert.zip(key) })
         }
     };
     ok.then(|| UpstreamConfig {
@@ -330,9 +265,31 @@ fn route(
     r: &schema::RouteSection,
     file: &Sections,
     upstreams: &[UpstreamConfig],
+    allowlists: &std::collections::BTreeMap<&str, CidrSet>,
     err: &mut impl FnMut(String, String),
 ) -> Option<RouteConfig> {
     let mut ok = true;
+    let allow_ips = if r.allow_ips.is_empty() {
+        None
+    } else {
+        let mut union = CidrSet::default();
+        for (i, name) in r.allow_ips.iter().enumerate() {
+            match allowlists.get(name.as_str()) {
+                Some(set) => union.extend(set),
+                None if file.ip_allowlists.contains_key(name) => {}
+                None => {
+                    let known: Vec<&str> = file.ip_allowlists.keys().map(String::as_str).collect();
+                    err(
+                        format!("{path}.allow_ips[{i}]"),
+                        format!("refers to unknown ip_allowlists entry `{name}` (known: {})", list_or_none(&known)),
+                    );
+                    ok = false;
+                }
+            }
+        }
+        union.simplify();
+        Some(union)
+    };
     let template = match PathTemplate::parse(&r.matcher.path) {
         Ok(t) => Some(t),
         Err(message) => {
@@ -360,10 +317,7 @@ fn route(
                 match Method::from_bytes(upper.as_bytes()) {
                     Ok(m) if !upper.is_empty() => parsed.push(m),
                     _ => {
-                        err(
-                            format!("{path}.match.method"),
-                            format!("`{name}` is not an HTTP method"),
-                        );
+                        err(format!("{path}.match.method"), format!("`{name}` is not an HTTP method"));
                         ok = false;
                     }
                 }
@@ -373,17 +327,11 @@ fn route(
     };
     let upstream = match (&r.upstream, &r.mediation) {
         (_, Some(_)) => {
-            err(
-                format!("{path}.mediation"),
-                "mediations (SOAP/SQL) are not supported by this version yet".into(),
-            );
+            err(format!("{path}.mediation"), "mediations (SOAP/SQL) are not supported by this version yet".into());
             None
         }
         (None, None) => {
-            err(
-                path.to_string(),
-                "required: `upstream` (or `mediation`)".into(),
-            );
+            err(path.to_string(), "required: `upstream` (or `mediation`)".into());
             None
         }
         (Some(name), None) => match upstreams.iter().position(|u| &u.name == name) {
@@ -393,10 +341,7 @@ fn route(
                     let known: Vec<&str> = file.upstreams.keys().map(String::as_str).collect();
                     err(
                         format!("{path}.upstream"),
-                        format!(
-                            "refers to unknown upstream `{name}` (known: {})",
-                            list_or_none(&known)
-                        ),
+                        format!("refers to unknown upstream `{name}` (known: {})", list_or_none(&known)),
                     );
                 }
                 None
@@ -432,10 +377,7 @@ fn route(
     }
     let retries = r.retries.unwrap_or(defaults::RETRIES);
     if retries > defaults::MAX_RETRIES {
-        err(
-            format!("{path}.retries"),
-            format!("{retries} is more than {}", defaults::MAX_RETRIES),
-        );
+        err(format!("{path}.retries"), format!("{retries} is more than {}", defaults::MAX_RETRIES));
         ok = false;
     }
     let max_body_bytes = r.max_body_bytes.unwrap_or(defaults::MAX_BODY_BYTES);
@@ -452,20 +394,42 @@ fn route(
         timeout: Duration::from_millis(r.timeout_ms),
         retries,
         max_body_bytes,
+        allow_ips,
     })
+}
+
+/// Networks from inline CIDRs and allowlist files, merged; every bad entry reported by path.
+fn cidr_set(cidrs: &[String], files: &[String], path: &str, err: &mut impl FnMut(String, String)) -> CidrSet {
+    let mut set = CidrSet::default();
+    let key = if path == "trusted_proxies" { String::new() } else { ".cidrs".to_string() };
+    for (i, text) in cidrs.iter().enumerate() {
+        match parse_cidr(text) {
+            Ok(net) => set.add(net),
+            Err(message) => err(format!("{path}{key}[{i}]"), message),
+        }
+    }
+    for (i, file) in files.iter().enumerate() {
+        match read_allowlist_file(Path::new(file)) {
+            Ok(nets) if nets.is_empty() => {
+                err(format!("{path}.files[{i}]"), format!("`{file}` lists no networks"));
+            }
+            Ok(nets) => nets.into_iter().for_each(|n| set.add(n)),
+            Err(message) => err(format!("{path}.files[{i}]"), message),
+        }
+    }
+    set.simplify();
+    set
 }
 
 fn is_identifier(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 64
         && !s.starts_with('_')
-        && s.chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+        && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
 }
 
 fn socket_addr(s: &str) -> Result<SocketAddr, String> {
-    s.parse::<SocketAddr>()
-        .map_err(|_| format!("`{s}` is not an `ip:port` address (e.g. 0.0.0.0:8080 or [::]:8080)"))
+    s.parse::<SocketAddr>().map_err(|_| format!("`{s}` is not an `ip:port` address (e.g. 0.0.0.0:8080 or [::]:8080)"))
 }
 
 /// Resolves `host:port` once, at start-up.
@@ -477,19 +441,14 @@ fn resolve(target: &str) -> Result<SocketAddr, String> {
         return Err(format!("`{target}` needs a port (`host:port`)"));
     }
     match target.to_socket_addrs() {
-        Ok(mut addrs) => addrs
-            .next()
-            .ok_or_else(|| format!("`{target}` resolves to no address")),
+        Ok(mut addrs) => addrs.next().ok_or_else(|| format!("`{target}` resolves to no address")),
         Err(e) => Err(format!("cannot resolve `{target}`: {e}")),
     }
 }
 
 fn host_part(target: &str) -> String {
     match target.rsplit_once(':') {
-        Some((host, _)) => host
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .to_string(),
+        Some((host, _)) => host.trim_start_matches('[').trim_end_matches(']').to_string(),
         None => target.to_string(),
     }
 }

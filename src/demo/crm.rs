@@ -50,16 +50,8 @@ fn json(status: StatusCode, body: serde_json::Value) -> Response<Vec<u8>> {
 
 /// A stable, made-up account for a numeric id.
 fn account(id: &str) -> serde_json::Value {
-    let n: u64 = id
-        .bytes()
-        .fold(7, |h, b| h.wrapping_mul(31).wrapping_add(b as u64));
-    let names = [
-        "Ada Lovelace",
-        "Grace Hopper",
-        "Alan Turing",
-        "Katherine Johnson",
-        "Edsger Dijkstra",
-    ];
+    let n: u64 = id.bytes().fold(7, |h, b| h.wrapping_mul(31).wrapping_add(b as u64));
+    let names = ["Ada Lovelace", "Grace Hopper", "Alan Turing", "Katherine Johnson", "Edsger Dijkstra"];
     serde_json::json!({
         "accountId": id,
         "name": names[(n % names.len() as u64) as usize],
@@ -84,19 +76,11 @@ impl ServeHttp for SimulatedCrm {
             );
         }
         let Some(rest) = path.strip_prefix("/crm/accounts/") else {
-            return json(
-                StatusCode::NOT_FOUND,
-                serde_json::json!({"error": "no such resource"}),
-            );
+            return json(StatusCode::NOT_FOUND, serde_json::json!({"error": "no such resource"}));
         };
         let (id, notes) = match rest.split_once('/') {
             Some((id, "notes")) => (id.to_string(), true),
-            Some(_) => {
-                return json(
-                    StatusCode::NOT_FOUND,
-                    serde_json::json!({"error": "no such resource"}),
-                )
-            }
+            Some(_) => return json(StatusCode::NOT_FOUND, serde_json::json!({"error": "no such resource"})),
             None => (rest.to_string(), false),
         };
 
@@ -114,47 +98,27 @@ impl ServeHttp for SimulatedCrm {
             (Method::GET, false) if !id.is_empty() && id.bytes().all(|b| b.is_ascii_digit()) => {
                 json(StatusCode::OK, account(&id))
             }
-            (Method::GET, false) => json(
-                StatusCode::NOT_FOUND,
-                serde_json::json!({"error": "account not found"}),
-            ),
+            (Method::GET, false) => json(StatusCode::NOT_FOUND, serde_json::json!({"error": "account not found"})),
             (Method::POST, true) => {
                 let mut body = Vec::new();
                 loop {
                     match session.read_request_body().await {
-                        Ok(Some(chunk)) if body.len() + chunk.len() <= MAX_NOTE_BYTES => {
-                            body.extend_from_slice(&chunk)
-                        }
+                        Ok(Some(chunk)) if body.len() + chunk.len() <= MAX_NOTE_BYTES => body.extend_from_slice(&chunk),
                         Ok(Some(_)) => {
-                            return json(
-                                StatusCode::PAYLOAD_TOO_LARGE,
-                                serde_json::json!({"error": "note too long"}),
-                            )
+                            return json(StatusCode::PAYLOAD_TOO_LARGE, serde_json::json!({"error": "note too long"}))
                         }
                         Ok(None) => break,
                         Err(_) => {
-                            return json(
-                                StatusCode::BAD_REQUEST,
-                                serde_json::json!({"error": "unreadable body"}),
-                            )
+                            return json(StatusCode::BAD_REQUEST, serde_json::json!({"error": "unreadable body"}))
                         }
                     }
                 }
                 match serde_json::from_slice::<serde_json::Value>(&body) {
-                    Ok(note) => json(
-                        StatusCode::CREATED,
-                        serde_json::json!({"accountId": id, "stored": note}),
-                    ),
-                    Err(_) => json(
-                        StatusCode::BAD_REQUEST,
-                        serde_json::json!({"error": "body is not JSON"}),
-                    ),
+                    Ok(note) => json(StatusCode::CREATED, serde_json::json!({"accountId": id, "stored": note})),
+                    Err(_) => json(StatusCode::BAD_REQUEST, serde_json::json!({"error": "body is not JSON"})),
                 }
             }
-            _ => json(
-                StatusCode::METHOD_NOT_ALLOWED,
-                serde_json::json!({"error": "method not allowed"}),
-            ),
+            _ => json(StatusCode::METHOD_NOT_ALLOWED, serde_json::json!({"error": "method not allowed"})),
         }
     }
 }

@@ -39,29 +39,14 @@ impl EnvLookup for DemoEnv {
 }
 
 /// Builds the demo: gateway plus the simulated CRM service on a free loopback port.
-pub fn build(
-    ports: &DemoPorts,
-) -> Result<(Built, Arc<crm::CrmStats>, SocketAddr), Vec<ConfigError>> {
-    let crm_address = free_loopback_port().map_err(|e| {
-        vec![ConfigError::at(
-            "",
-            format!("cannot find a free port for the demo CRM: {e}"),
-        )]
-    })?;
-    let env = DemoEnv {
-        port: ports.port,
-        admin_port: ports.admin_port,
-        crm: crm_address,
-    };
+pub fn build(ports: &DemoPorts) -> Result<(Built, Arc<crm::CrmStats>, SocketAddr), Vec<ConfigError>> {
+    let crm_address = free_loopback_port()
+        .map_err(|e| vec![ConfigError::at("", format!("cannot find a free port for the demo CRM: {e}"))])?;
+    let env = DemoEnv { port: ports.port, admin_port: ports.admin_port, crm: crm_address };
     let config = config::load_str(DEMO_CONFIG, &env)?;
     let mut built = crate::build(config)?;
     let stats = Arc::new(crm::CrmStats::default());
-    let mut service = Service::new(
-        "demo crm".to_string(),
-        crm::SimulatedCrm {
-            stats: stats.clone(),
-        },
-    );
+    let mut service = Service::new("demo crm".to_string(), crm::SimulatedCrm { stats: stats.clone() });
     service.add_tcp(&crm_address.to_string());
     service.threads = Some(1);
     built.server.add_service(service);

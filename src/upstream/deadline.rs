@@ -13,9 +13,7 @@ pub struct Deadline {
 
 impl Deadline {
     pub fn after(start: Instant, timeout: Duration) -> Deadline {
-        Deadline {
-            at: start + timeout,
-        }
+        Deadline { at: start + timeout }
     }
 
     /// Time left, zero once passed.
@@ -37,10 +35,7 @@ mod tests {
         let start = Instant::now();
         let d = Deadline::after(start, Duration::from_millis(100));
         assert_eq!(d.remaining(start), Duration::from_millis(100));
-        assert_eq!(
-            d.remaining(start + Duration::from_millis(40)),
-            Duration::from_millis(60)
-        );
+        assert_eq!(d.remaining(start + Duration::from_millis(40)), Duration::from_millis(60));
         assert!(!d.expired(start + Duration::from_millis(99)));
         assert!(d.expired(start + Duration::from_millis(100)));
         assert_eq!(d.remaining(start + Duration::from_secs(1)), Duration::ZERO);

@@ -90,11 +90,9 @@ fn load_tls(tls: &UpstreamTls) -> Result<TlsMaterial, String> {
     let ca = match &tls.ca {
         None => None,
         Some(path) => {
-            let pem = std::fs::read(path)
-                .map_err(|e| format!("cannot read `{}`: {e}", path.display()))?;
-            let certs = X509::stack_from_pem(&pem).map_err(|e| {
-                format!("`{}` is not a PEM certificate bundle: {e}", path.display())
-            })?;
+            let pem = std::fs::read(path).map_err(|e| format!("cannot read `{}`: {e}", path.display()))?;
+            let certs = X509::stack_from_pem(&pem)
+                .map_err(|e| format!("`{}` is not a PEM certificate bundle: {e}", path.display()))?;
             if certs.is_empty() {
                 return Err(format!("`{}` holds no PEM certificate", path.display()));
             }
@@ -104,26 +102,17 @@ fn load_tls(tls: &UpstreamTls) -> Result<TlsMaterial, String> {
     let client = match &tls.client_cert {
         None => None,
         Some((cert_path, key_path)) => {
-            let pem = std::fs::read(cert_path)
-                .map_err(|e| format!("cannot read `{}`: {e}", cert_path.display()))?;
+            let pem = std::fs::read(cert_path).map_err(|e| format!("cannot read `{}`: {e}", cert_path.display()))?;
             let certs = X509::stack_from_pem(&pem)
                 .map_err(|e| format!("`{}` is not a PEM certificate: {e}", cert_path.display()))?;
-            let key = std::fs::read(key_path)
-                .map_err(|e| format!("cannot read `{}`: {e}", key_path.display()))?;
+            let key = std::fs::read(key_path).map_err(|e| format!("cannot read `{}`: {e}", key_path.display()))?;
             let key = PKey::private_key_from_pem(&key)
                 .map_err(|e| format!("`{}` is not a PEM private key: {e}", key_path.display()))?;
             if certs.is_empty() {
-                return Err(format!(
-                    "`{}` holds no PEM certificate",
-                    cert_path.display()
-                ));
+                return Err(format!("`{}` holds no PEM certificate", cert_path.display()));
             }
             Some(Arc::new(CertKey::new(certs, key)))
         }
     };
-    Ok(TlsMaterial {
-        sni: tls.sni.clone(),
-        ca,
-        client,
-    })
+    Ok(TlsMaterial { sni: tls.sni.clone(), ca, client })
 }

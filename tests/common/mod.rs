@@ -2,6 +2,8 @@
 //! (hyper) that record what they receive. Nothing of Seawall's own is mocked.
 #![allow(dead_code)]
 
+pub mod certs;
+
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
@@ -21,11 +23,7 @@ use seawall::lifecycle::ShutdownHandle;
 
 /// A free loopback port (bound, read, released).
 pub fn free_port() -> u16 {
-    StdListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    StdListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 /// A running gateway; dropping it stops it.
@@ -42,10 +40,7 @@ impl TestGateway {
     pub fn start(yaml: &str, vars: &[(&str, String)]) -> TestGateway {
         let port = free_port();
         let admin_port = free_port();
-        let mut env: HashMap<String, String> = vars
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.clone()))
-            .collect();
+        let mut env: HashMap<String, String> = vars.iter().map(|(k, v)| (k.to_string(), v.clone())).collect();
         env.insert("PORT".into(), port.to_string());
         env.insert("ADMIN_PORT".into(), admin_port.to_string());
         let lookup = move |name: &str| env.get(name).cloned();
@@ -73,12 +68,7 @@ impl TestGateway {
     }
 
     pub async fn metrics(&self) -> String {
-        reqwest::get(format!("http://{}/metrics", self.admin))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
+        reqwest::get(format!("http://{}/metrics", self.admin)).await.unwrap().text().await.unwrap()
     }
 }
 
@@ -105,10 +95,7 @@ pub struct Received {
 
 impl Received {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .get(name)
-            .and_then(|v| v.first())
-            .map(String::as_str)
+        self.headers.get(name).and_then(|v| v.first()).map(String::as_str)
     }
 }
 
@@ -126,6 +113,26 @@ pub struct Backend {
 
 impl Backend {
     pub async fn start(handler: impl Fn(&Received) -> Reply + Send + Sync + 'static) -> Backend {
+        Backend::start_with(handler, None).await
+    }
+
+    /// The same over TLS with the given server certificate.
+    pub async fn start_tls(
+        handler: impl Fn(&Received) -> Reply + Send + Sync + 'static,
+        cert: &certs::Issued,
+    ) -> Backend {
+        use openssl::ssl::{SslAcceptor, SslMethod};
+        let mut acceptor = SslAcceptor::mozilla_intermediate_v5(SslMethod::tls_server()).unwrap();
+        acceptor.set_certificate(&cert.cert).unwrap();
+        acceptor.set_private_key(&cert.key).unwrap();
+        Backend::start_with(handler, Some(acceptor.build())).await
+    }
+
+    async fn start_with(
+        handler: impl Fn(&Received) -> Reply + Send + Sync + 'static,
+        tls: Option<openssl::ssl::SslAcceptor>,
+    ) -> Backend {
+        let tls = tls.map(Arc::new);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let received = Arc::new(Mutex::new(Vec::new()));
@@ -137,7 +144,7 @@ impl Backend {
                 let Ok((stream, peer)) = listener.accept().await else {
                     return;
                 };
-                let (rec, st, handler) = (rec.clone(), st.clone(), handler.clone());
+                let (rec, st, handler, tls) = (rec.clone(), st.clone(), handler.clone(), tls.clone());
                 tokio::spawn(async move {
                     let service = service_fn(move |req: Request<Incoming>| {
                         let (rec, st, handler) = (rec.clone(), st.clone(), handler.clone());
@@ -146,11 +153,7 @@ impl Backend {
                             let (parts, body) = req.into_parts();
                             let body = match body.collect().await {
                                 Ok(b) => b.to_bytes(),
-                                Err(_) => {
-                                    return Ok::<_, Infallible>(Response::new(Full::new(
-                                        Bytes::new(),
-                                    )))
-                                }
+                                Err(_) => return Ok::<_, Infallible>(Response::new(Full::new(Bytes::new()))),
                             };
                             let mut headers: HashMap<String, Vec<String>> = HashMap::new();
                             for (k, v) in parts.headers.iter() {
@@ -170,18 +173,23 @@ impl Backend {
                             Ok::<_, Infallible>(handler(&r).await)
                         }
                     });
-                    let _ = http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
+                    match tls {
+                        None => {
+                            let _ = http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
+                        }
+                        Some(acceptor) => {
+                            let Ok(ssl) = openssl::ssl::Ssl::new(acceptor.context()) else { return };
+                            let Ok(mut stream) = tokio_openssl::SslStream::new(ssl, stream) else { return };
+                            if Pin::new(&mut stream).accept().await.is_err() {
+                                return;
+                            }
+                            let _ = http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
+                        }
+                    }
                 });
             }
         });
-        Backend {
-            addr,
-            received,
-            started,
-            task,
-        }
+        Backend { addr, received, started, task }
     }
 
     /// Answers 200 with a small JSON body naming the path it got.
@@ -260,18 +268,13 @@ fn response_complete(data: &[u8]) -> bool {
     };
     let length = head
         .lines()
-        .find_map(|l| {
-            l.to_ascii_lowercase()
-                .strip_prefix("content-length:")
-                .map(|v| v.trim().parse::<usize>())
-        })
+        .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse::<usize>()))
         .and_then(Result::ok);
     length.is_some_and(|n| body.len() >= n)
 }
 
 /// The problem+json `code` of an answer body.
 pub fn problem_code(body: &str) -> String {
-    let v: serde_json::Value =
-        serde_json::from_str(body).unwrap_or_else(|_| panic!("not JSON: {body}"));
+    let v: serde_json::Value = serde_json::from_str(body).unwrap_or_else(|_| panic!("not JSON: {body}"));
     v["code"].as_str().unwrap_or_default().to_string()
 }
