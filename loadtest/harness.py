@@ -95,6 +95,8 @@ def parse_oha(text):
         "p999_ms": (pct.get("p99.9") or 0) * 1000,
         "rps": data["summary"]["requestsPerSec"],
         "errors": errors,
+        "error_kinds": {**{f"status {c}": int(n) for c, n in codes.items() if not str(c).startswith("2")},
+                        **{k: int(n) for k, n in data.get("errorDistribution", {}).items()}},
     }
 
 
@@ -591,9 +593,13 @@ def main(argv=None):
                                 print(f"[latency round {rnd + 1}] {rate:6} req/s {p.name:8} p50 {r['p50_ms']:.3f} ms "
                                       f"p99 {r['p99_ms']:.3f} ms p99.9 {r['p999_ms']:.3f} ms errors={r['errors']}", flush=True)
                                 if r["errors"]:
-                                    failures.append(f"latency {rate} {p.name}: {r['errors']} errors")
+                                    failures.append(f"latency {rate} {p.name}: {r['errors']} errors {r['error_kinds']}")
                 idle = {}
                 if args.idle and tag == "nologs":
+                    # Fresh processes: memory kept from the load above would hide the growth.
+                    for p in live:
+                        p.stop()
+                        p.start()
                     for p in live:
                         idle[p.name] = idle_connections(p, args.idle)
                         print(f"[idle] {p.name:8} {idle[p.name]['kb_per_1000']:.0f} kB per 1000 idle connections", flush=True)

@@ -68,6 +68,7 @@ class OhaTest(unittest.TestCase):
         self.assertAlmostEqual(r["p999_ms"], 4.0)
         self.assertAlmostEqual(r["rps"], 9999.5)
         self.assertEqual(r["errors"], 5)
+        self.assertEqual(r["error_kinds"], {"status 502": 3, "connection closed": 2})
 
     def test_plot_script_has_a_line_per_peer_and_percentile(self):
         script = harness.gnuplot_script("d.dat", "o.svg", ["seawall", "nginx"])
