@@ -57,7 +57,7 @@ class ParsingTest(unittest.TestCase):
 
 OHA_JSON = """{"summary": {"successRate": 1.0, "total": 8.0, "requestsPerSec": 9999.5},
  "latencyPercentiles": {"p10": 0.0001, "p50": 0.00025, "p99": 0.0012, "p99.9": 0.004},
- "statusCodeDistribution": {"200": 79990, "502": 3}, "errorDistribution": {"connection closed": 2}}"""
+ "statusCodeDistribution": {"200": 79990, "502": 3}, "errorDistribution": {"connection closed": 2, "aborted due to deadline": 7}}"""
 
 
 class OhaTest(unittest.TestCase):
