@@ -2,3 +2,4 @@
 //! once the route is known, before anything reaches an upstream.
 
 pub mod ip;
+pub mod jwt;
