@@ -4,13 +4,16 @@
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use crate::config::{Config, ConfigError};
+use crate::auth::jwt::{key_from_pem, keys_from_jwks, JwtProvider, ProviderKey, ProviderSettings};
+use crate::config::{Config, ConfigError, JwtProviderConfig, KeySource};
 use crate::metrics::Metrics;
 use crate::upstream::Upstream;
 
 pub struct Gateway {
     pub config: Config,
     pub upstreams: Vec<Upstream>,
+    /// One per `config.jwt_providers`, same order.
+    pub jwt_providers: Vec<JwtProvider>,
     pub metrics: Metrics,
     pub access_log: bool,
     /// Set once every public listener accepts connections.
@@ -32,6 +35,23 @@ impl Gateway {
                 Err(message) => errors.push(ConfigError::at(format!("upstreams.{}.tls", u.name), message)),
             }
         }
+        let mut jwt_providers = Vec::new();
+        for p in &config.jwt_providers {
+            match load_keys(p) {
+                Ok(keys) => jwt_providers.push(JwtProvider::new(
+                    ProviderSettings {
+                        name: p.name.clone(),
+                        issuer: p.issuer.clone(),
+                        audiences: p.audiences.clone(),
+                        algorithms: p.algorithms.clone(),
+                        leeway_secs: p.leeway_secs,
+                        scope_claims: p.scope_claims.clone(),
+                    },
+                    keys,
+                )),
+                Err((key, message)) => errors.push(ConfigError::at(format!("jwt_providers.{}.{key}", p.name), message)),
+            }
+        }
         if !errors.is_empty() {
             return Err(errors);
         }
@@ -42,6 +62,7 @@ impl Gateway {
             access_log: config.logging.access_log,
             config,
             upstreams,
+            jwt_providers,
             metrics,
             listeners_bound: AtomicBool::new(false),
             draining: AtomicBool::new(false),
@@ -79,4 +100,32 @@ impl Drop for ActiveRequest {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::Relaxed);
     }
+}
+
+/// A provider's keys from its file; the error names the config key at fault. Keys that fit
+/// none of the provider's algorithms are an error too: every token would be refused.
+fn load_keys(p: &JwtProviderConfig) -> Result<Vec<ProviderKey>, (&'static str, String)> {
+    let (key, keys) = match &p.keys {
+        KeySource::JwksFile(path) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| ("jwks_file", format!("cannot read `{}`: {e}", path.display())))?;
+            let (keys, skipped) =
+                keys_from_jwks(&text).map_err(|e| ("jwks_file", format!("`{}`: {e}", path.display())))?;
+            if !skipped.is_empty() {
+                tracing::warn!(provider = %p.name, kids = ?skipped, "JWKS keys of unsupported types skipped");
+            }
+            ("jwks_file", keys)
+        }
+        KeySource::PublicKeyPem(path) => {
+            let pem = std::fs::read(path)
+                .map_err(|e| ("public_key_pem", format!("cannot read `{}`: {e}", path.display())))?;
+            let key = key_from_pem(&pem).map_err(|e| ("public_key_pem", format!("`{}`: {e}", path.display())))?;
+            ("public_key_pem", vec![key])
+        }
+    };
+    let usable = keys.iter().any(|k| p.algorithms.iter().any(|a| a.family() == k.key.family()));
+    if !usable {
+        return Err((key, "no key fits the provider's `algorithms` (e.g. RS256 needs an RSA key)".into()));
+    }
+    Ok(keys)
 }

@@ -69,12 +69,14 @@ impl UpstreamOutcome {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AuthLayer {
     Ip,
+    Jwt,
 }
 
 impl AuthLayer {
     fn label(self) -> &'static str {
         match self {
             AuthLayer::Ip => "ip",
+            AuthLayer::Jwt => "jwt",
         }
     }
 }
@@ -139,6 +141,9 @@ impl Metrics {
         )
         .expect("valid metric");
         auth_rejections.with_label_values(&[AuthLayer::Ip.label(), "not_allowed"]);
+        for reason in crate::auth::jwt::TokenError::ALL.map(|e| e.reason()).into_iter().chain(["insufficient_scope"]) {
+            auth_rejections.with_label_values(&[AuthLayer::Jwt.label(), reason]);
+        }
         for collector in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(auth_rejections.clone()),

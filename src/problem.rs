@@ -17,6 +17,10 @@ pub enum Problem {
     MethodNotAllowed { allow: String },
     #[error("client ip not in the route's allowlists")]
     IpNotAllowed,
+    #[error("bearer token refused: {reason}")]
+    InvalidToken { reason: &'static str },
+    #[error("token lacks the route's scope ({scope})")]
+    InsufficientScope { scope: String },
     #[error("request body larger than {limit} bytes")]
     RequestTooLarge { limit: u64 },
     #[error("malformed request: {reason}")]
@@ -45,6 +49,10 @@ impl Problem {
             Problem::RouteNotFound => (404, "route_not_found", "No route for this path", false),
             Problem::MethodNotAllowed { .. } => (405, "method_not_allowed", "Method not allowed on this path", false),
             Problem::IpNotAllowed => (403, "ip_not_allowed", "Caller address not allowed", false),
+            Problem::InvalidToken { .. } => (401, "invalid_token", "Missing, invalid or expired access token", false),
+            Problem::InsufficientScope { .. } => {
+                (403, "insufficient_scope", "Access token lacks the required scope", false)
+            }
             Problem::RequestTooLarge { .. } => (413, "request_too_large", "Request body too large", false),
             Problem::BadRequest { .. } => (400, "bad_request", "Malformed request", false),
             Problem::RequestTimeout => (408, "request_timeout", "Request not received in time", true),
@@ -82,8 +90,19 @@ impl Problem {
         let _ = header.insert_header("content-length", body.len().to_string());
         let _ = header.insert_header("cache-control", "no-store");
         let _ = header.insert_header("x-request-id", request_id.clone());
-        if let Problem::MethodNotAllowed { allow } = self {
-            let _ = header.insert_header("allow", allow.as_str());
+        match self {
+            Problem::MethodNotAllowed { allow } => {
+                let _ = header.insert_header("allow", allow.as_str());
+            }
+            Problem::InvalidToken { .. } => {
+                let _ = header.insert_header("www-authenticate", r#"Bearer error="invalid_token""#);
+            }
+            Problem::InsufficientScope { scope } => {
+                // Scopes are validated tokens (no quotes or spaces inside one) at start-up.
+                let value = format!(r#"Bearer error="insufficient_scope", scope="{scope}""#);
+                let _ = header.insert_header("www-authenticate", value);
+            }
+            _ => {}
         }
         (header, body)
     }

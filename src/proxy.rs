@@ -2,7 +2,7 @@
 //!
 //! Phase map (see pingora-proxy/src/proxy_trait.rs for each phase's contract):
 //! - `request_filter`: request id, route match (404/405/400), deadline, client IP and allowlist
-//!   (403), declared body size (413).
+//!   (403), bearer token (401) and scopes (403), declared body size (413).
 //! - `upstream_peer`: next target; every timeout capped by what is left of the deadline.
 //! - `fail_to_connect` / `error_while_proxy`: retry only idempotent requests, inside the deadline.
 //! - `upstream_request_filter`: path rewrite, `Host`, `X-Forwarded-*`, `X-Request-Id`.
@@ -27,6 +27,7 @@ use pingora::{Error, ErrorSource, ErrorType};
 use pingora_http::{RequestHeader, ResponseHeader};
 
 use crate::auth;
+use crate::auth::jwt::{self, Principal};
 use crate::config::RouteConfig;
 use crate::forwarding::{self, Forwarded};
 use crate::gateway::{ActiveRequest, Gateway};
@@ -58,6 +59,8 @@ pub struct RequestCtx {
     peer_ip: Option<IpAddr>,
     /// The caller as policy sees it: the peer, or what trusted proxies say it is.
     client_ip: Option<IpAddr>,
+    /// Who the bearer token says called (routes with `auth.jwt`).
+    pub principal: Option<Arc<Principal>>,
     attempts: u32,
     stale_connection_retried: bool,
     body_bytes: u64,
@@ -140,6 +143,22 @@ impl SeawallProxy {
             }
         }
 
+        if let Some(auth) = &route.auth {
+            let provider = &self.gateway.jwt_providers[auth.provider];
+            let principal = jwt::bearer_token(&req.headers)
+                .and_then(|token| provider.verify(token, jwt::unix_now()))
+                .map_err(|e| {
+                self.gateway.metrics.auth_rejection(AuthLayer::Jwt, e.reason());
+                Problem::InvalidToken { reason: e.reason() }
+            })?;
+            if let Some(scope) = jwt::missing_scope(&principal, &auth.scopes_any, &auth.scopes_all) {
+                self.gateway.metrics.auth_rejection(AuthLayer::Jwt, "insufficient_scope");
+                ctx.principal = Some(principal);
+                return Err(Problem::InsufficientScope { scope });
+            }
+            ctx.principal = Some(principal);
+        }
+
         // A declared length over the limit is refused before any upstream is touched.
         let declared = req
             .headers
@@ -171,6 +190,7 @@ impl ProxyHttp for SeawallProxy {
             deadline: None,
             peer_ip: None,
             client_ip: None,
+            principal: None,
             attempts: 0,
             stale_connection_retried: false,
             body_bytes: 0,
@@ -428,6 +448,7 @@ impl ProxyHttp for SeawallProxy {
                 method = %req.method,
                 path = %req.uri.path(),
                 route = route_id,
+                client = ctx.principal.as_ref().and_then(|p| p.client_id.as_deref()).unwrap_or(""),
                 status = ctx.status,
                 code = ctx.problem.as_ref().map(Problem::code).unwrap_or(""),
                 duration_ms = now.duration_since(ctx.start).as_secs_f64() * 1000.0,

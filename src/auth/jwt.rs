@@ -253,6 +253,25 @@ impl JwtProvider {
     }
 }
 
+/// The scope a principal lacks for a route, as the `WWW-Authenticate` `scope` parameter: all of
+/// `all` that are missing, or `any` (space-separated) when it has none of them.
+pub fn missing_scope(principal: &Principal, any: &[String], all: &[String]) -> Option<String> {
+    let has = |s: &String| principal.scopes.iter().any(|p| p == s);
+    let missing_all: Vec<&str> = all.iter().filter(|s| !has(s)).map(String::as_str).collect();
+    if !missing_all.is_empty() {
+        return Some(missing_all.join(" "));
+    }
+    if !any.is_empty() && !any.iter().any(has) {
+        return Some(any.join(" "));
+    }
+    None
+}
+
+/// Seconds since the Unix epoch: the clock tokens are checked against on the request path.
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
 /// Size and shape before any crypto: three base64url parts, the signature not empty.
 fn check_shape(token: &str) -> Result<(), TokenError> {
     if token.is_empty() {

@@ -33,6 +33,9 @@ pub mod defaults {
     /// The longest Genesys data-action timeout: a route deadline above it is never useful.
     pub const MAX_ROUTE_TIMEOUT_MS: u64 = 60_000;
     pub const MAX_RETRIES: u32 = 10;
+    pub const JWT_LEEWAY_SECS: u64 = 30;
+    pub const JWT_MAX_LEEWAY_SECS: u64 = 300;
+    pub const SCOPE_CLAIMS: &[&str] = &["scp", "scope", "roles"];
 }
 
 /// One problem in a config, located by its YAML path (and line/column where the parser knows it).
@@ -72,6 +75,7 @@ pub struct Config {
     pub admin: AdminConfig,
     /// Peers whose `X-Forwarded-For` is believed (the client IP is then read from it).
     pub trusted_proxies: CidrSet,
+    pub jwt_providers: Vec<JwtProviderConfig>,
     pub upstreams: Vec<UpstreamConfig>,
     pub routes: Vec<RouteConfig>,
     pub router: Router,
@@ -140,6 +144,36 @@ pub struct RouteConfig {
     pub max_body_bytes: u64,
     /// The union of the route's `allow_ips` lists, merged at start-up; `None`: any caller.
     pub allow_ips: Option<CidrSet>,
+    pub auth: Option<RouteAuth>,
+}
+
+/// A route's token requirements.
+#[derive(Debug, Clone)]
+pub struct RouteAuth {
+    /// Index into [`Config::jwt_providers`].
+    pub provider: usize,
+    /// At least one of these scopes (empty: no requirement).
+    pub scopes_any: Vec<String>,
+    /// Every one of these scopes.
+    pub scopes_all: Vec<String>,
+}
+
+/// Where a provider's keys come from (read when the gateway is built).
+#[derive(Debug, Clone)]
+pub enum KeySource {
+    JwksFile(PathBuf),
+    PublicKeyPem(PathBuf),
+}
+
+#[derive(Debug, Clone)]
+pub struct JwtProviderConfig {
+    pub name: String,
+    pub issuer: String,
+    pub audiences: Vec<String>,
+    pub algorithms: Vec<jsonwebtoken::Algorithm>,
+    pub leeway_secs: u64,
+    pub scope_claims: Vec<String>,
+    pub keys: KeySource,
 }
 
 /// Reads and validates a config file. Relative paths inside it are taken from the working
@@ -216,12 +250,23 @@ fn parse_sections(tree: Value, errors: &mut Vec<ConfigError>) -> Option<schema::
     };
     let trusted_proxies = optional(sections.remove("trusted_proxies"), "trusted_proxies", errors).unwrap_or_default();
     let ip_allowlists = named(sections.remove("ip_allowlists"), "ip_allowlists", errors);
+    let jwt_providers = named(sections.remove("jwt_providers"), "jwt_providers", errors);
     let upstreams = named(sections.remove("upstreams"), "upstreams", errors);
     let routes = match sections.remove("routes") {
         Some(v) => list(v, "routes", errors),
         None => Vec::new(),
     };
-    Some(schema::Sections { server, logging, listeners, admin, trusted_proxies, ip_allowlists, upstreams, routes })
+    Some(schema::Sections {
+        server,
+        logging,
+        listeners,
+        admin,
+        trusted_proxies,
+        ip_allowlists,
+        jwt_providers,
+        upstreams,
+        routes,
+    })
 }
 
 /// A mapping of names to settings (`upstreams`, `ip_allowlists`); each entry parsed on its own.

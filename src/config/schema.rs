@@ -72,6 +72,33 @@ pub struct IpAllowlistSection {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
+pub struct JwtProviderSection {
+    pub issuer: String,
+    pub jwks_uri: Option<String>,
+    pub jwks_file: Option<String>,
+    pub public_key_pem: Option<String>,
+    #[serde(default)]
+    pub audiences: Vec<String>,
+    #[serde(default)]
+    pub algorithms: Vec<String>,
+    pub leeway_secs: Option<u64>,
+    pub scope_claims: Option<Vec<String>>,
+    pub jwks_min_refresh_secs: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteAuthSection {
+    pub jwt: Option<String>,
+    #[serde(default)]
+    pub scopes_any: Vec<String>,
+    #[serde(default)]
+    pub scopes_all: Vec<String>,
+    pub client_cert: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct UpstreamSection {
     pub targets: Vec<String>,
     #[serde(default)]
@@ -116,6 +143,7 @@ pub struct RouteSection {
     pub timeout_ms: u64,
     #[serde(default)]
     pub allow_ips: Vec<String>,
+    pub auth: Option<RouteAuthSection>,
     pub retries: Option<u32>,
     pub max_body_bytes: Option<u64>,
 }
@@ -135,8 +163,17 @@ pub enum Methods {
 }
 
 /// The sections a file may hold, in the order they are checked.
-pub const TOP_LEVEL_KEYS: &[&str] =
-    &["server", "logging", "listeners", "admin", "trusted_proxies", "ip_allowlists", "upstreams", "routes"];
+pub const TOP_LEVEL_KEYS: &[&str] = &[
+    "server",
+    "logging",
+    "listeners",
+    "admin",
+    "trusted_proxies",
+    "ip_allowlists",
+    "jwt_providers",
+    "upstreams",
+    "routes",
+];
 
 /// The file as parsed section by section: an element that failed to parse is `None`, so the
 /// others keep their list positions (and YAML paths) and are still checked.
@@ -148,6 +185,7 @@ pub struct Sections {
     pub admin: Option<AdminSection>,
     pub trusted_proxies: Vec<String>,
     pub ip_allowlists: BTreeMap<String, Option<IpAllowlistSection>>,
+    pub jwt_providers: BTreeMap<String, Option<JwtProviderSection>>,
     pub upstreams: BTreeMap<String, Option<UpstreamSection>>,
     pub routes: Vec<Option<RouteSection>>,
 }
@@ -167,6 +205,8 @@ pub struct FileConfig {
     pub trusted_proxies: Vec<String>,
     #[serde(default)]
     pub ip_allowlists: BTreeMap<String, IpAllowlistSection>,
+    #[serde(default)]
+    pub jwt_providers: BTreeMap<String, JwtProviderSection>,
     #[serde(default)]
     pub upstreams: BTreeMap<String, UpstreamSection>,
     #[serde(default)]

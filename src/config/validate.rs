@@ -9,10 +9,11 @@ use http::Method;
 
 use super::schema::{self, Methods, Sections, UpstreamTlsSection};
 use super::{
-    defaults, AdminConfig, Config, ConfigError, ListenerConfig, LogFormat, LoggingSettings, RouteConfig,
-    ServerSettings, UpstreamConfig, UpstreamTls,
+    defaults, AdminConfig, Config, ConfigError, JwtProviderConfig, KeySource, ListenerConfig, LogFormat,
+    LoggingSettings, RouteAuth, RouteConfig, ServerSettings, UpstreamConfig, UpstreamTls,
 };
 use crate::auth::ip::{parse_cidr, read_allowlist_file, CidrSet};
+use crate::auth::jwt::parse_algorithm;
 use crate::routing::{PathTemplate, RewriteTemplate, RouteSpec, Router};
 
 pub(super) fn validate(file: Sections, errors: &mut Vec<ConfigError>) -> Option<Config> {
@@ -112,6 +113,14 @@ pub(super) fn validate(file: Sections, errors: &mut Vec<ConfigError>) -> Option<
         allowlists.insert(name.as_str(), set);
     }
 
+    let mut jwt_providers = Vec::new();
+    for (name, p) in &file.jwt_providers {
+        let Some(p) = p else { continue };
+        if let Some(provider) = jwt_provider(name, p, &mut err) {
+            jwt_providers.push(provider);
+        }
+    }
+
     let mut upstreams = Vec::new();
     for (name, u) in &file.upstreams {
         let Some(u) = u else { continue };
@@ -135,7 +144,8 @@ pub(super) fn validate(file: Sections, errors: &mut Vec<ConfigError>) -> Option<
         } else if !ids.insert(r.id.as_str()) {
             err(format!("{path}.id"), format!("duplicate route id `{}`", r.id));
         }
-        if let Some(route) = route(&path, r, &file, &upstreams, &allowlists, &mut err) {
+        let known = Known { upstreams: &upstreams, allowlists: &allowlists, jwt_providers: &jwt_providers };
+        if let Some(route) = route(&path, r, &file, &known, &mut err) {
             routes.push(route);
             positions.push(i);
         }
@@ -158,7 +168,17 @@ pub(super) fn validate(file: Sections, errors: &mut Vec<ConfigError>) -> Option<
     if !errors.is_empty() {
         return None;
     }
-    Some(Config { server, logging, listeners, admin: admin?, trusted_proxies, upstreams, routes, router: router? })
+    Some(Config {
+        server,
+        logging,
+        listeners,
+        admin: admin?,
+        trusted_proxies,
+        jwt_providers,
+        upstreams,
+        routes,
+        router: router?,
+    })
 }
 
 fn server(s: &schema::ServerSection, err: &mut impl FnMut(String, String)) -> ServerSettings {
@@ -264,11 +284,15 @@ fn route(
     path: &str,
     r: &schema::RouteSection,
     file: &Sections,
-    upstreams: &[UpstreamConfig],
-    allowlists: &std::collections::BTreeMap<&str, CidrSet>,
+    known: &Known<'_>,
     err: &mut impl FnMut(String, String),
 ) -> Option<RouteConfig> {
+    let (upstreams, allowlists) = (known.upstreams, known.allowlists);
     let mut ok = true;
+    let auth = r.auth.as_ref().and_then(|a| route_auth(path, a, file, known.jwt_providers, err));
+    if r.auth.is_some() && auth.is_none() {
+        ok = false;
+    }
     let allow_ips = if r.allow_ips.is_empty() {
         None
     } else {
@@ -395,6 +419,139 @@ fn route(
         retries,
         max_body_bytes,
         allow_ips,
+        auth,
+    })
+}
+
+/// What a route may refer to by name.
+struct Known<'a> {
+    upstreams: &'a [UpstreamConfig],
+    allowlists: &'a std::collections::BTreeMap<&'a str, CidrSet>,
+    jwt_providers: &'a [JwtProviderConfig],
+}
+
+fn route_auth(
+    path: &str,
+    a: &schema::RouteAuthSection,
+    file: &Sections,
+    providers: &[JwtProviderConfig],
+    err: &mut impl FnMut(String, String),
+) -> Option<RouteAuth> {
+    let mut ok = true;
+    if a.client_cert.is_some() {
+        err(
+            format!("{path}.auth.client_cert"),
+            "client certificates need TLS listeners, which this version does not support yet".into(),
+        );
+        ok = false;
+    }
+    let provider = match &a.jwt {
+        None => {
+            err(format!("{path}.auth"), "required: `jwt` (the jwt_providers entry that issues the tokens)".into());
+            None
+        }
+        Some(name) => match providers.iter().position(|p| &p.name == name) {
+            Some(i) => Some(i),
+            None => {
+                if !file.jwt_providers.contains_key(name) {
+                    let known: Vec<&str> = file.jwt_providers.keys().map(String::as_str).collect();
+                    err(
+                        format!("{path}.auth.jwt"),
+                        format!("refers to unknown jwt_providers entry `{name}` (known: {})", list_or_none(&known)),
+                    );
+                }
+                None
+            }
+        },
+    };
+    for (key, scopes) in [("scopes_any", &a.scopes_any), ("scopes_all", &a.scopes_all)] {
+        for (i, scope) in scopes.iter().enumerate() {
+            if scope.is_empty() || scope.contains(|c: char| c.is_whitespace() || c == '"' || c == '\\') {
+                err(format!("{path}.auth.{key}[{i}]"), format!("`{scope}` is not a scope token"));
+                ok = false;
+            }
+        }
+    }
+    if !ok {
+        return None;
+    }
+    Some(RouteAuth { provider: provider?, scopes_any: a.scopes_any.clone(), scopes_all: a.scopes_all.clone() })
+}
+
+fn jwt_provider(
+    name: &str,
+    p: &schema::JwtProviderSection,
+    err: &mut impl FnMut(String, String),
+) -> Option<JwtProviderConfig> {
+    let path = format!("jwt_providers.{name}");
+    let mut ok = true;
+    if !is_identifier(name) {
+        err(path.clone(), format!("`{name}` is not a valid provider name (letters, digits, `_`, `-`, `.`)"));
+        ok = false;
+    }
+    if p.issuer.trim().is_empty() {
+        err(format!("{path}.issuer"), "must not be empty".into());
+        ok = false;
+    }
+    if p.audiences.is_empty() {
+        err(format!("{path}.audiences"), "required: at least one audience the tokens must name".into());
+        ok = false;
+    }
+    if p.algorithms.is_empty() {
+        err(format!("{path}.algorithms"), "required: the allowed algorithms, e.g. [RS256]".into());
+        ok = false;
+    }
+    let mut algorithms = Vec::new();
+    for (i, a) in p.algorithms.iter().enumerate() {
+        match parse_algorithm(a) {
+            Ok(alg) => algorithms.push(alg),
+            Err(message) => {
+                err(format!("{path}.algorithms[{i}]"), message);
+                ok = false;
+            }
+        }
+    }
+    let leeway_secs = p.leeway_secs.unwrap_or(defaults::JWT_LEEWAY_SECS);
+    if leeway_secs > defaults::JWT_MAX_LEEWAY_SECS {
+        err(format!("{path}.leeway_secs"), format!("{leeway_secs} is more than {}", defaults::JWT_MAX_LEEWAY_SECS));
+        ok = false;
+    }
+    let scope_claims =
+        p.scope_claims.clone().unwrap_or_else(|| defaults::SCOPE_CLAIMS.iter().map(|s| s.to_string()).collect());
+    let sources = [p.jwks_uri.is_some(), p.jwks_file.is_some(), p.public_key_pem.is_some()];
+    let keys = match (&p.jwks_uri, &p.jwks_file, &p.public_key_pem) {
+        _ if sources.iter().filter(|s| **s).count() != 1 => {
+            err(path.clone(), "give exactly one of `jwks_uri`, `jwks_file`, `public_key_pem`".into());
+            None
+        }
+        (Some(_), _, _) => {
+            err(
+                format!("{path}.jwks_uri"),
+                "fetching keys from a URI is not supported by this version yet: save the JWKS to a file and use `jwks_file`".into(),
+            );
+            None
+        }
+        (_, Some(f), _) => check_file(f, &format!("{path}.jwks_file"), err).then(|| KeySource::JwksFile(f.into())),
+        (_, _, Some(f)) => {
+            check_file(f, &format!("{path}.public_key_pem"), err).then(|| KeySource::PublicKeyPem(f.into()))
+        }
+        _ => None,
+    };
+    if p.jwks_min_refresh_secs.is_some() && p.jwks_uri.is_none() {
+        err(format!("{path}.jwks_min_refresh_secs"), "only applies with `jwks_uri`".into());
+        ok = false;
+    }
+    if !ok {
+        return None;
+    }
+    Some(JwtProviderConfig {
+        name: name.to_string(),
+        issuer: p.issuer.clone(),
+        audiences: p.audiences.clone(),
+        algorithms,
+        leeway_secs,
+        scope_claims,
+        keys: keys?,
     })
 }
 
