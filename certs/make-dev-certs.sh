@@ -8,7 +8,7 @@ out="${1:-$(dirname "$0")/dev}"
 mkdir -p "$out"
 cd "$out"
 
-if [ -f ca.pem ] && openssl x509 -checkend 86400 -noout -in ca.pem >/dev/null 2>&1; then
+if [ -f ca.pem ] && [ -f issuer-es256.pub.pem ] && openssl x509 -checkend 86400 -noout -in ca.pem >/dev/null 2>&1; then
   echo "certs: $out already has a valid dev CA; delete the folder to start over" >&2
   exit 0
 fi
@@ -29,5 +29,10 @@ issue() { # name subject san extended-key-usage
 
 issue server "/CN=localhost" "DNS:localhost,IP:127.0.0.1,IP:::1" serverAuth
 issue client "/CN=dataactions.dev.local" "DNS:dataactions.dev.local" clientAuth
-chmod 600 ./*.key
-echo "certs: wrote ca.pem, server.pem/.key, client.pem/.key to $out"
+
+# A dev token-signing key pair (ES256), for a jwt_providers entry with public_key_pem.
+openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out issuer-es256.pem 2>/dev/null
+openssl pkey -in issuer-es256.pem -pubout -out issuer-es256.pub.pem 2>/dev/null
+
+chmod 600 ./*.key issuer-es256.pem
+echo "certs: wrote ca.pem, server.pem/.key, client.pem/.key, issuer-es256.pem/.pub.pem to $out"
