@@ -62,7 +62,7 @@ impl ServeHttp for AdminApp {
             "/readyz" => text(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "text/plain; charset=utf-8",
-                b"not ready: listeners not bound yet, or draining\n".to_vec(),
+                format!("not ready: {}\n", self.gateway.not_ready_reason()).into_bytes(),
                 &id,
             ),
             _ => problem(Problem::RouteNotFound, &id),

@@ -4,6 +4,7 @@
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
+use crate::auth::jwks::JwksSource;
 use crate::auth::jwt::{key_from_pem, keys_from_jwks, JwtProvider, ProviderKey, ProviderSettings};
 use crate::config::{Config, ConfigError, JwtProviderConfig, KeySource};
 use crate::metrics::Metrics;
@@ -14,6 +15,8 @@ pub struct Gateway {
     pub upstreams: Vec<Upstream>,
     /// One per `config.jwt_providers`, same order.
     pub jwt_providers: Vec<JwtProvider>,
+    /// For each provider, its JWKS source when the keys come from `jwks_uri`.
+    pub jwks_sources: Vec<Option<JwksSource>>,
     pub metrics: Metrics,
     pub access_log: bool,
     /// Set once every public listener accepts connections.
@@ -36,7 +39,18 @@ impl Gateway {
             }
         }
         let mut jwt_providers = Vec::new();
+        let mut jwks_sources = Vec::new();
         for p in &config.jwt_providers {
+            jwks_sources.push(match &p.keys {
+                KeySource::JwksUri { uri, min_refresh } => match JwksSource::new(&p.name, uri, *min_refresh) {
+                    Ok(source) => Some(source),
+                    Err(message) => {
+                        errors.push(ConfigError::at(format!("jwt_providers.{}.jwks_uri", p.name), message));
+                        None
+                    }
+                },
+                _ => None,
+            });
             match load_keys(p) {
                 Ok(keys) => jwt_providers.push(JwtProvider::new(
                     ProviderSettings {
@@ -63,6 +77,7 @@ impl Gateway {
             config,
             upstreams,
             jwt_providers,
+            jwks_sources,
             metrics,
             listeners_bound: AtomicBool::new(false),
             draining: AtomicBool::new(false),
@@ -88,9 +103,23 @@ impl Gateway {
         self.draining.store(true, Ordering::Release);
     }
 
-    /// Ready: config loaded (this value exists), every public listener accepts, not draining.
+    /// Ready: config loaded (this value exists), every public listener accepts, every JWKS
+    /// fetched once, not draining.
     pub fn is_ready(&self) -> bool {
-        self.listeners_bound.load(Ordering::Acquire) && !self.draining.load(Ordering::Acquire)
+        self.listeners_bound.load(Ordering::Acquire)
+            && !self.draining.load(Ordering::Acquire)
+            && self.jwks_sources.iter().flatten().all(JwksSource::is_loaded)
+    }
+
+    /// Why `/readyz` says no.
+    pub fn not_ready_reason(&self) -> &'static str {
+        if self.draining.load(Ordering::Acquire) {
+            "draining"
+        } else if !self.listeners_bound.load(Ordering::Acquire) {
+            "listeners not bound yet"
+        } else {
+            "JWKS not loaded yet"
+        }
     }
 }
 
@@ -116,6 +145,8 @@ fn load_keys(p: &JwtProviderConfig) -> Result<Vec<ProviderKey>, (&'static str, S
             }
             ("jwks_file", keys)
         }
+        // Fetched by the JWKS refresher once the server runs.
+        KeySource::JwksUri { .. } => return Ok(Vec::new()),
         KeySource::PublicKeyPem(path) => {
             let pem = std::fs::read(path)
                 .map_err(|e| ("public_key_pem", format!("cannot read `{}`: {e}", path.display())))?;

@@ -80,6 +80,10 @@ pub fn build(config: Config) -> Result<Built, Vec<ConfigError>> {
     admin.threads = Some(1);
     server.add_service(admin);
 
+    if gateway.jwks_sources.iter().any(Option::is_some) {
+        server.add_service(background_service("jwks", auth::jwks::JwksRefresher { gateway: gateway.clone() }));
+    }
+
     let probe_targets = gateway.config.listeners.iter().map(|l| loopback_for(l.address)).collect();
     server.add_service(background_service(
         "readiness",

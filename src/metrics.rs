@@ -99,6 +99,7 @@ pub struct Metrics {
     registry: Registry,
     requests: IntCounterVec,
     auth_rejections: IntCounterVec,
+    jwks_refreshes: IntCounterVec,
     /// One per route, in config order, then one for [`NO_ROUTE`].
     routes: Vec<RouteSeries>,
     /// One per upstream, in config order.
@@ -144,8 +145,14 @@ impl Metrics {
         for reason in crate::auth::jwt::TokenError::ALL.map(|e| e.reason()).into_iter().chain(["insufficient_scope"]) {
             auth_rejections.with_label_values(&[AuthLayer::Jwt.label(), reason]);
         }
+        let jwks_refreshes = IntCounterVec::new(
+            Opts::new("seawall_jwks_refresh_total", "JWKS fetches by provider and result (ok, error)"),
+            &["provider", "result"],
+        )
+        .expect("valid metric");
         for collector in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(jwks_refreshes.clone()),
             Box::new(auth_rejections.clone()),
             Box::new(request_duration.clone()),
             Box::new(upstream_duration.clone()),
@@ -172,7 +179,7 @@ impl Metrics {
                 inflight: inflight.with_label_values(&[*name]),
             })
             .collect();
-        Metrics { registry, requests, auth_rejections, routes, upstreams }
+        Metrics { registry, requests, auth_rejections, jwks_refreshes, routes, upstreams }
     }
 
     /// `route`: index in the config, `None` when no route matched.
@@ -194,6 +201,11 @@ impl Metrics {
     /// Counts a refused caller; `reason` is one of a fixed set per layer.
     pub fn auth_rejection(&self, layer: AuthLayer, reason: &'static str) {
         self.auth_rejections.with_label_values(&[layer.label(), reason]).inc();
+    }
+
+    /// Counts one JWKS fetch of a provider (names come from the config: a bounded set).
+    pub fn jwks_refresh(&self, provider: &str, ok: bool) {
+        self.jwks_refreshes.with_label_values(&[provider, if ok { "ok" } else { "error" }]).inc();
     }
 
     /// Counts one upstream call in flight until the guard drops.

@@ -27,7 +27,7 @@ use pingora::{Error, ErrorSource, ErrorType};
 use pingora_http::{RequestHeader, ResponseHeader};
 
 use crate::auth;
-use crate::auth::jwt::{self, Principal};
+use crate::auth::jwt::{self, Principal, TokenError};
 use crate::config::RouteConfig;
 use crate::forwarding::{self, Forwarded};
 use crate::gateway::{ActiveRequest, Gateway};
@@ -112,6 +112,33 @@ impl SeawallProxy {
 }
 
 impl SeawallProxy {
+    /// The route's bearer token requirement (after the cheaper checks of [`Self::admit`]). A
+    /// token naming a key we do not know may trigger one JWKS refetch, shared by concurrent
+    /// requests, before it is refused.
+    async fn authenticate(&self, session: &Session, ctx: &mut RequestCtx, route: &RouteConfig) -> Result<(), Problem> {
+        let Some(auth) = &route.auth else { return Ok(()) };
+        let provider = &self.gateway.jwt_providers[auth.provider];
+        let token = jwt::bearer_token(&session.req_header().headers);
+        let mut verified = token.and_then(|t| provider.verify(t, jwt::unix_now()));
+        if let (Err(TokenError::UnknownKey), Some(source), Ok(t)) =
+            (&verified, &self.gateway.jwks_sources[auth.provider], token)
+        {
+            source.refetch_for_unknown_kid(provider, &self.gateway.metrics).await;
+            verified = provider.verify(t, jwt::unix_now());
+        }
+        let principal = verified.map_err(|e| {
+            self.gateway.metrics.auth_rejection(AuthLayer::Jwt, e.reason());
+            Problem::InvalidToken { reason: e.reason() }
+        })?;
+        let missing = jwt::missing_scope(&principal, &auth.scopes_any, &auth.scopes_all);
+        ctx.principal = Some(principal);
+        if let Some(scope) = missing {
+            self.gateway.metrics.auth_rejection(AuthLayer::Jwt, "insufficient_scope");
+            return Err(Problem::InsufficientScope { scope });
+        }
+        Ok(())
+    }
+
     /// Route match and every check that needs no I/O, cheapest refusal first: path, route,
     /// caller address, declared body size. Runs in `request_filter`, before any upstream work.
     fn admit(&self, session: &Session, ctx: &mut RequestCtx) -> Result<&RouteConfig, Problem> {
@@ -141,22 +168,6 @@ impl SeawallProxy {
                 self.gateway.metrics.auth_rejection(AuthLayer::Ip, "not_allowed");
                 return Err(Problem::IpNotAllowed);
             }
-        }
-
-        if let Some(auth) = &route.auth {
-            let provider = &self.gateway.jwt_providers[auth.provider];
-            let principal = jwt::bearer_token(&req.headers)
-                .and_then(|token| provider.verify(token, jwt::unix_now()))
-                .map_err(|e| {
-                self.gateway.metrics.auth_rejection(AuthLayer::Jwt, e.reason());
-                Problem::InvalidToken { reason: e.reason() }
-            })?;
-            if let Some(scope) = jwt::missing_scope(&principal, &auth.scopes_any, &auth.scopes_all) {
-                self.gateway.metrics.auth_rejection(AuthLayer::Jwt, "insufficient_scope");
-                ctx.principal = Some(principal);
-                return Err(Problem::InsufficientScope { scope });
-            }
-            ctx.principal = Some(principal);
         }
 
         // A declared length over the limit is refused before any upstream is touched.
@@ -209,7 +220,11 @@ impl ProxyHttp for SeawallProxy {
         ctx.peer_ip = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip());
         ctx.client_ip = ctx.peer_ip;
         ctx.body_complete = session.is_body_empty();
-        match self.admit(session, ctx) {
+        let admitted = match self.admit(session, ctx) {
+            Ok(route) => self.authenticate(session, ctx, route).await.map(|()| route),
+            Err(problem) => Err(problem),
+        };
+        match admitted {
             Ok(route) => {
                 if route.retries > 0 {
                     session.enable_retry_buffering();

@@ -145,7 +145,7 @@ admin: {{ address: "127.0.0.1:2" }}
 jwt_providers:
   a: {{ issuer: x, public_key_pem: "{bad}", audiences: [y], algorithms: [RS256] }}
   b: {{ issuer: x, public_key_pem: "{ec}", audiences: [y], algorithms: [RS256] }}
-  c: {{ issuer: x, jwks_uri: "https://idp/keys", audiences: [y], algorithms: [HS256, none] }}
+  c: {{ issuer: x, jwks_uri: "ftp://idp/keys", audiences: [y], algorithms: [HS256, none] }}
   d: {{ issuer: "", audiences: [], algorithms: [] }}
 upstreams: {{ crm: {{ targets: ["127.0.0.1:9"] }} }}
 routes:
@@ -166,7 +166,7 @@ routes:
     assert_eq!(output.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&output.stderr);
     for (path, fragment) in [
-        ("`jwt_providers.c.jwks_uri`", "not supported by this version yet"),
+        ("`jwt_providers.c.jwks_uri`", "not an http(s) URL"),
         ("`jwt_providers.c.algorithms[0]`", "shared-secret"),
         ("`jwt_providers.c.algorithms[1]`", "not a JWS algorithm"),
         ("`jwt_providers.d.issuer`", "must not be empty"),
@@ -182,7 +182,7 @@ routes:
     // With the semantic errors fixed, the key files themselves are checked when the gateway is built.
     let fixed = yaml
         .replace(
-            r#"jwks_uri: "https://idp/keys", audiences: [y], algorithms: [HS256, none]"#,
+            r#"jwks_uri: "ftp://idp/keys", audiences: [y], algorithms: [HS256, none]"#,
             &format!(r#"public_key_pem: "{}", audiences: [y], algorithms: [ES256]"#, ec_pub.display()),
         )
         .replace(r#"d: { issuer: "", audiences: [], algorithms: [] }"#, "")

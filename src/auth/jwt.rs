@@ -8,7 +8,7 @@
 //! with a public key), the signature, then `exp`/`nbf`/`iat`/`iss`/`aud`.
 
 use std::collections::HashSet;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use base64::Engine;
@@ -108,8 +108,22 @@ pub struct JwtProvider {
     algorithms: Vec<Algorithm>,
     leeway: u64,
     scope_claims: Vec<String>,
+    keys: RwLock<Arc<KeySet>>,
+    cache: MemoryCache<[u8; 32], Verified>,
+}
+
+/// The provider's current keys; a new generation replaces the whole set (JWKS refresh).
+struct KeySet {
     keys: Vec<ProviderKey>,
-    cache: MemoryCache<[u8; 32], Arc<Principal>>,
+    generation: u64,
+}
+
+/// A cache entry: valid only for the key set it was verified with, so a token whose key was
+/// withdrawn is checked again (and refused) rather than served from the cache.
+#[derive(Clone)]
+struct Verified {
+    principal: Arc<Principal>,
+    generation: u64,
 }
 
 /// Settings of a provider, from the config.
@@ -152,35 +166,55 @@ impl JwtProvider {
             algorithms: settings.algorithms,
             leeway: settings.leeway_secs,
             scope_claims: settings.scope_claims,
-            keys,
+            keys: RwLock::new(Arc::new(KeySet { keys, generation: 0 })),
             cache: MemoryCache::new(CACHE_ENTRIES),
         }
+    }
+
+    /// Installs a new key set (a refreshed JWKS); tokens cached under the old set are checked again.
+    pub fn replace_keys(&self, keys: Vec<ProviderKey>) {
+        let mut current = self.keys.write().unwrap_or_else(|e| e.into_inner());
+        let generation = current.generation + 1;
+        *current = Arc::new(KeySet { keys, generation });
+    }
+
+    /// Number of keys in the current set.
+    pub fn key_count(&self) -> usize {
+        self.key_set().keys.len()
+    }
+
+    fn key_set(&self) -> Arc<KeySet> {
+        self.keys.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// Verifies a bearer token at unix time `now`.
     pub fn verify(&self, token: &str, now: u64) -> Result<Arc<Principal>, TokenError> {
         check_shape(token)?;
         let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
-        if let (Some(principal), _) = self.cache.get(&digest) {
-            if now <= principal.expires_at.saturating_add(self.leeway) {
-                return Ok(principal);
+        let keys = self.key_set();
+        if let (Some(hit), _) = self.cache.get(&digest) {
+            if hit.generation == keys.generation {
+                if now <= hit.principal.expires_at.saturating_add(self.leeway) {
+                    return Ok(hit.principal);
+                }
+                self.cache.remove(&digest);
+                return Err(TokenError::Expired);
             }
-            self.cache.remove(&digest);
-            return Err(TokenError::Expired);
         }
-        let principal = Arc::new(self.verify_uncached(token, now)?);
+        let principal = Arc::new(self.verify_uncached(token, now, &keys.keys)?);
         let ttl = principal.expires_at.saturating_add(self.leeway).saturating_sub(now);
-        self.cache.put(&digest, principal.clone(), Some(Duration::from_secs(ttl.max(1))));
+        let entry = Verified { principal: principal.clone(), generation: keys.generation };
+        self.cache.put(&digest, entry, Some(Duration::from_secs(ttl.max(1))));
         Ok(principal)
     }
 
-    fn verify_uncached(&self, token: &str, now: u64) -> Result<Principal, TokenError> {
+    fn verify_uncached(&self, token: &str, now: u64, keys: &[ProviderKey]) -> Result<Principal, TokenError> {
         let header = jsonwebtoken::decode_header(token).map_err(|_| TokenError::Malformed)?;
         if !self.algorithms.contains(&header.alg) {
             return Err(TokenError::AlgorithmNotAllowed);
         }
         let family = header.alg.family();
-        let candidates = self.keys.iter().filter(|k| k.key.family() == family);
+        let candidates = keys.iter().filter(|k| k.key.family() == family);
         let key = match &header.kid {
             Some(kid) => candidates.into_iter().find(|k| k.kid.as_deref() == Some(kid.as_str())),
             None => {
@@ -460,6 +494,19 @@ mod tests {
         )
         .unwrap();
         assert_eq!(p.verify(&ec, NOW).unwrap().scopes, vec!["A", "B"]);
+    }
+
+    #[test]
+    fn a_withdrawn_key_invalidates_cached_tokens() {
+        let k = keys();
+        let p = provider(&k);
+        let token = rs256(&k, Some("rsa-1"), &claims(serde_json::json!({})));
+        assert!(p.verify(&token, NOW).is_ok());
+        let mut ec = key_from_pem(&k.ec_public).unwrap();
+        ec.kid = Some("ec-1".into());
+        p.replace_keys(vec![ec]);
+        assert_eq!(p.verify(&token, NOW).unwrap_err(), TokenError::UnknownKey);
+        assert_eq!(p.key_count(), 1);
     }
 
     #[test]

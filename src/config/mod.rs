@@ -36,6 +36,7 @@ pub mod defaults {
     pub const JWT_LEEWAY_SECS: u64 = 30;
     pub const JWT_MAX_LEEWAY_SECS: u64 = 300;
     pub const SCOPE_CLAIMS: &[&str] = &["scp", "scope", "roles"];
+    pub const JWKS_MIN_REFRESH_SECS: u64 = 10;
 }
 
 /// One problem in a config, located by its YAML path (and line/column where the parser knows it).
@@ -163,6 +164,7 @@ pub struct RouteAuth {
 pub enum KeySource {
     JwksFile(PathBuf),
     PublicKeyPem(PathBuf),
+    JwksUri { uri: String, min_refresh: Duration },
 }
 
 #[derive(Debug, Clone)]

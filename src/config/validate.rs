@@ -524,12 +524,17 @@ fn jwt_provider(
             err(path.clone(), "give exactly one of `jwks_uri`, `jwks_file`, `public_key_pem`".into());
             None
         }
-        (Some(_), _, _) => {
-            err(
-                format!("{path}.jwks_uri"),
-                "fetching keys from a URI is not supported by this version yet: save the JWKS to a file and use `jwks_file`".into(),
-            );
-            None
+        (Some(uri), _, _) => {
+            let secs = p.jwks_min_refresh_secs.unwrap_or(defaults::JWKS_MIN_REFRESH_SECS);
+            if !(uri.starts_with("https://") || uri.starts_with("http://")) || uri.parse::<http::Uri>().is_err() {
+                err(format!("{path}.jwks_uri"), format!("`{uri}` is not an http(s) URL"));
+                None
+            } else if secs == 0 || secs > 3600 {
+                err(format!("{path}.jwks_min_refresh_secs"), format!("{secs} must be between 1 and 3600"));
+                None
+            } else {
+                Some(KeySource::JwksUri { uri: uri.clone(), min_refresh: Duration::from_secs(secs) })
+            }
         }
         (_, Some(f), _) => check_file(f, &format!("{path}.jwks_file"), err).then(|| KeySource::JwksFile(f.into())),
         (_, _, Some(f)) => {
