@@ -4,6 +4,7 @@
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
+use crate::auth::issuer::TokenIssuer;
 use crate::auth::jwks::JwksSource;
 use crate::auth::jwt::{key_from_pem, keys_from_jwks, JwtProvider, ProviderKey, ProviderSettings};
 use crate::config::{Config, ConfigError, JwtProviderConfig, KeySource};
@@ -17,6 +18,7 @@ pub struct Gateway {
     pub jwt_providers: Vec<JwtProvider>,
     /// For each provider, its JWKS source when the keys come from `jwks_uri`.
     pub jwks_sources: Vec<Option<JwksSource>>,
+    pub token_issuer: Option<TokenIssuer>,
     pub metrics: Metrics,
     pub access_log: bool,
     /// Set once every public listener accepts connections.
@@ -66,6 +68,21 @@ impl Gateway {
                 Err((key, message)) => errors.push(ConfigError::at(format!("jwt_providers.{}.{key}", p.name), message)),
             }
         }
+        let token_issuer = match &config.token_issuer {
+            None => None,
+            Some(t) => {
+                let built = std::fs::read(&t.signing_key)
+                    .map_err(|e| format!("cannot read `{}`: {e}", t.signing_key.display()))
+                    .and_then(|pem| TokenIssuer::new(&t.path, &t.issuer, t.ttl_secs, t.clients.clone(), &pem));
+                match built {
+                    Ok(issuer) => Some(issuer),
+                    Err(message) => {
+                        errors.push(ConfigError::at("token_issuer.signing_key", message));
+                        None
+                    }
+                }
+            }
+        };
         if !errors.is_empty() {
             return Err(errors);
         }
@@ -78,6 +95,7 @@ impl Gateway {
             upstreams,
             jwt_providers,
             jwks_sources,
+            token_issuer,
             metrics,
             listeners_bound: AtomicBool::new(false),
             draining: AtomicBool::new(false),

@@ -37,6 +37,19 @@ enum Command {
         #[arg(short, long)]
         config: PathBuf,
     },
+    /// Fetch a token from the built-in issuer (client credentials) and print it.
+    Token {
+        #[arg(long)]
+        client_id: String,
+        #[arg(long)]
+        secret: String,
+        /// The issuer's token URL (default: the demo's).
+        #[arg(long, default_value = "http://127.0.0.1:8080/oauth/token")]
+        url: String,
+        /// Scopes to ask for (space-separated; default: all the client may have).
+        #[arg(long)]
+        scope: Option<String>,
+    },
     /// Helpers for Genesys Cloud.
     Genesys {
         #[command(subcommand)]
@@ -84,6 +97,7 @@ fn main() -> ExitCode {
             }
             Err(errors) => config_errors(&errors),
         },
+        Command::Token { client_id, secret, url, scope } => token(&client_id, &secret, &url, scope.as_deref()),
         Command::Genesys { command: GenesysCommand::Ipranges { region, from, output } } => {
             genesys_ipranges(&region, from.as_deref(), output.as_deref())
         }
@@ -156,6 +170,59 @@ fn genesys_ipranges(region: &str, from: Option<&std::path::Path>, output: Option
         }
     }
     ExitCode::SUCCESS
+}
+
+/// `seawall token`: exit 0 and the access token on stdout; 1 when the issuer refused (its RFC
+/// 6749 error on stderr); 2 when it could not be reached.
+fn token(client_id: &str, secret: &str, url: &str, scope: Option<&str>) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("seawall: token: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let mut form = vec![("grant_type", "client_credentials")];
+    if let Some(scope) = scope {
+        form.push(("scope", scope));
+    }
+    let result = runtime.block_on(async {
+        let response = reqwest::Client::new()
+            .post(url)
+            .basic_auth(client_id, Some(secret))
+            .form(&form)
+            .timeout(std::time::Duration::from_secs(10))
+            .send()
+            .await?;
+        let status = response.status();
+        let body = response.text().await?;
+        Ok::<_, reqwest::Error>((status, body))
+    });
+    match result {
+        Ok((status, body)) if status.is_success() => {
+            match serde_json::from_str::<serde_json::Value>(&body)
+                .ok()
+                .and_then(|v| v["access_token"].as_str().map(String::from))
+            {
+                Some(token) => {
+                    println!("{token}");
+                    ExitCode::SUCCESS
+                }
+                None => {
+                    eprintln!("seawall: token: {url} answered {status} without an access_token");
+                    ExitCode::from(2)
+                }
+            }
+        }
+        Ok((status, body)) => {
+            eprintln!("seawall: token: {url} answered {status}: {}", body.trim());
+            ExitCode::from(1)
+        }
+        Err(e) => {
+            eprintln!("seawall: token: cannot reach {url}: {e}");
+            ExitCode::from(2)
+        }
+    }
 }
 
 fn config_errors(errors: &[ConfigError]) -> ExitCode {

@@ -16,6 +16,8 @@ use prometheus::{
 
 /// The `route` label of requests that matched no route.
 pub const NO_ROUTE: &str = "_none";
+/// The `route` label of the built-in token issuer's answers (token and JWKS endpoints).
+pub const ISSUER_ROUTE: &str = "_token_issuer";
 
 /// Latency buckets in seconds: from a cache hit to the longest Genesys timeout.
 const DURATION_BUCKETS: &[f64] =
@@ -70,6 +72,8 @@ impl UpstreamOutcome {
 pub enum AuthLayer {
     Ip,
     Jwt,
+    /// The built-in token issuer's client authentication.
+    Issuer,
 }
 
 impl AuthLayer {
@@ -77,6 +81,7 @@ impl AuthLayer {
         match self {
             AuthLayer::Ip => "ip",
             AuthLayer::Jwt => "jwt",
+            AuthLayer::Issuer => "issuer",
         }
     }
 }
@@ -100,7 +105,7 @@ pub struct Metrics {
     requests: IntCounterVec,
     auth_rejections: IntCounterVec,
     jwks_refreshes: IntCounterVec,
-    /// One per route, in config order, then one for [`NO_ROUTE`].
+    /// One per route, in config order, then [`ISSUER_ROUTE`] and [`NO_ROUTE`].
     routes: Vec<RouteSeries>,
     /// One per upstream, in config order.
     upstreams: Vec<UpstreamSeries>,
@@ -164,7 +169,7 @@ impl Metrics {
         let routes = routes
             .iter()
             .copied()
-            .chain(std::iter::once(NO_ROUTE))
+            .chain([ISSUER_ROUTE, NO_ROUTE])
             .map(|id| RouteSeries {
                 id: id.to_string(),
                 duration: request_duration.with_label_values(&[id]),
@@ -184,7 +189,15 @@ impl Metrics {
 
     /// `route`: index in the config, `None` when no route matched.
     pub fn observe_request(&self, route: Option<usize>, status: u16, seconds: f64) {
-        let series = &self.routes[route.unwrap_or(self.routes.len() - 1)];
+        self.observe(&self.routes[route.unwrap_or(self.routes.len() - 1)], status, seconds);
+    }
+
+    /// An answer of the built-in token issuer.
+    pub fn observe_issuer(&self, status: u16, seconds: f64) {
+        self.observe(&self.routes[self.routes.len() - 2], status, seconds);
+    }
+
+    fn observe(&self, series: &RouteSeries, status: u16, seconds: f64) {
         series.duration.observe(seconds);
         let status = status.clamp(STATUS_MIN, STATUS_MIN + STATUS_SLOTS as u16 - 1);
         series.by_status[(status - STATUS_MIN) as usize]

@@ -27,11 +27,12 @@ use pingora::{Error, ErrorSource, ErrorType};
 use pingora_http::{RequestHeader, ResponseHeader};
 
 use crate::auth;
+use crate::auth::issuer::{self, TokenIssuer};
 use crate::auth::jwt::{self, Principal, TokenError};
 use crate::config::RouteConfig;
 use crate::forwarding::{self, Forwarded};
 use crate::gateway::{ActiveRequest, Gateway};
-use crate::metrics::{AuthLayer, InflightGuard, UpstreamOutcome, NO_ROUTE};
+use crate::metrics::{AuthLayer, InflightGuard, UpstreamOutcome, ISSUER_ROUTE, NO_ROUTE};
 use crate::problem::{is_timeout, Problem};
 use crate::request_id;
 use crate::routing::{has_dot_segment, PathParams, RouteMatch};
@@ -61,6 +62,8 @@ pub struct RequestCtx {
     client_ip: Option<IpAddr>,
     /// Who the bearer token says called (routes with `auth.jwt`).
     pub principal: Option<Arc<Principal>>,
+    /// Answered by the built-in token issuer.
+    issuer_request: bool,
     attempts: u32,
     stale_connection_retried: bool,
     body_bytes: u64,
@@ -112,6 +115,71 @@ impl SeawallProxy {
 }
 
 impl SeawallProxy {
+    /// The built-in token issuer's two endpoints; answers are RFC 6749 JSON, not problem+json.
+    async fn serve_issuer(&self, session: &mut Session, ctx: &mut RequestCtx, issuer: &TokenIssuer) {
+        let req = session.req_header();
+        let (status, body, challenge) = if req.uri.path() == issuer::JWKS_PATH {
+            if req.method != http::Method::GET && req.method != http::Method::HEAD {
+                let problem = Problem::MethodNotAllowed { allow: "GET, HEAD".into() };
+                self.respond(session, ctx, &problem).await;
+                return;
+            }
+            (200, issuer.jwks().to_string(), false)
+        } else {
+            let method = req.method.clone();
+            let authorization =
+                req.headers.get(http::header::AUTHORIZATION).and_then(|v| v.to_str().ok()).map(String::from);
+            let answer = match read_body(session, issuer::MAX_BODY_BYTES).await {
+                Some(body) => {
+                    ctx.body_complete = true;
+                    issuer.token(
+                        &method,
+                        authorization.as_deref(),
+                        &body,
+                        ctx.client_ip,
+                        jwt::unix_now(),
+                        Instant::now(),
+                    )
+                }
+                None => issuer::TokenAnswer {
+                    status: 400,
+                    body: r#"{"error":"invalid_request"}"#.into(),
+                    basic_challenge: false,
+                },
+            };
+            match answer.status {
+                401 => self.gateway.metrics.auth_rejection(AuthLayer::Issuer, "invalid_client"),
+                429 => self.gateway.metrics.auth_rejection(AuthLayer::Issuer, "throttled"),
+                _ => {}
+            }
+            (answer.status, answer.body, answer.basic_challenge)
+        };
+        ctx.status = status;
+        if !ctx.body_complete {
+            session.set_keepalive(None);
+        }
+        let written = async {
+            let mut header = ResponseHeader::build(status, Some(6))?;
+            header.insert_header("content-type", "application/json")?;
+            header.insert_header("content-length", body.len().to_string())?;
+            header.insert_header("x-request-id", ctx.request_id.clone())?;
+            if status == 200 && body.starts_with(r#"{"keys""#) {
+                header.insert_header("cache-control", "public, max-age=300")?;
+            } else {
+                header.insert_header("cache-control", "no-store")?;
+                header.insert_header("pragma", "no-cache")?;
+            }
+            if challenge {
+                header.insert_header("www-authenticate", r#"Basic realm="seawall""#)?;
+            }
+            session.write_response_header(Box::new(header), false).await?;
+            session.write_response_body(Some(Bytes::from(body)), true).await
+        };
+        if written.await.is_err() {
+            ctx.status = 499;
+        }
+    }
+
     /// The route's bearer token requirement (after the cheaper checks of [`Self::admit`]). A
     /// token naming a key we do not know may trigger one JWKS refetch, shared by concurrent
     /// requests, before it is refused.
@@ -202,6 +270,7 @@ impl ProxyHttp for SeawallProxy {
             peer_ip: None,
             client_ip: None,
             principal: None,
+            issuer_request: false,
             attempts: 0,
             stale_connection_retried: false,
             body_bytes: 0,
@@ -220,6 +289,14 @@ impl ProxyHttp for SeawallProxy {
         ctx.peer_ip = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip());
         ctx.client_ip = ctx.peer_ip;
         ctx.body_complete = session.is_body_empty();
+        if let Some(issuer) = &self.gateway.token_issuer {
+            let path = session.req_header().uri.path();
+            if path == issuer.path || path == issuer::JWKS_PATH {
+                ctx.issuer_request = true;
+                self.serve_issuer(session, ctx, issuer).await;
+                return Ok(true);
+            }
+        }
         let admitted = match self.admit(session, ctx) {
             Ok(route) => self.authenticate(session, ctx, route).await.map(|()| route),
             Err(problem) => Err(problem),
@@ -436,9 +513,18 @@ impl ProxyHttp for SeawallProxy {
         }
         let config = &self.gateway.config;
         let route = ctx.route.map(|r| &config.routes[r]);
-        let route_id = route.map(|r| r.id.as_str()).unwrap_or(NO_ROUTE);
+        let route_id = match route {
+            Some(r) => r.id.as_str(),
+            None if ctx.issuer_request => ISSUER_ROUTE,
+            None => NO_ROUTE,
+        };
         let metrics = &self.gateway.metrics;
-        metrics.observe_request(ctx.route, ctx.status, now.duration_since(ctx.start).as_secs_f64());
+        let seconds = now.duration_since(ctx.start).as_secs_f64();
+        if ctx.issuer_request {
+            metrics.observe_issuer(ctx.status, seconds);
+        } else {
+            metrics.observe_request(ctx.route, ctx.status, seconds);
+        }
 
         let mut upstream_name = "";
         let mut upstream_ms = None;
@@ -473,6 +559,18 @@ impl ProxyHttp for SeawallProxy {
                 attempts = ctx.attempts,
                 reason = %ctx.problem.as_ref().map(|p| p.to_string()).or_else(|| e.map(|e| e.to_string())).unwrap_or_default(),
             );
+        }
+    }
+}
+
+/// The whole request body, or `None` when it is larger than `limit` or unreadable.
+async fn read_body(session: &mut Session, limit: usize) -> Option<Vec<u8>> {
+    let mut body = Vec::new();
+    loop {
+        match session.read_request_body().await {
+            Ok(Some(chunk)) if body.len() + chunk.len() <= limit => body.extend_from_slice(&chunk),
+            Ok(Some(_)) | Err(_) => return None,
+            Ok(None) => return Some(body),
         }
     }
 }

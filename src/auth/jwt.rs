@@ -214,19 +214,19 @@ impl JwtProvider {
             return Err(TokenError::AlgorithmNotAllowed);
         }
         let family = header.alg.family();
-        let candidates = keys.iter().filter(|k| k.key.family() == family);
-        let key = match &header.kid {
-            Some(kid) => candidates.into_iter().find(|k| k.kid.as_deref() == Some(kid.as_str())),
-            None => {
-                // Without a kid, only an unambiguous key will do.
-                let mut keys = candidates;
-                match (keys.next(), keys.next()) {
+        let candidates = || keys.iter().filter(|k| k.key.family() == family);
+        // A token's kid picks the key published under it; a key with no kid (a configured PEM)
+        // stands for any kid, but only when it is the one such key: never a guess between keys.
+        let exact = header.kid.as_deref().and_then(|kid| candidates().find(|k| k.kid.as_deref() == Some(kid)));
+        let key = exact
+            .or_else(|| {
+                let mut unnamed = candidates().filter(|k| k.kid.is_none() || header.kid.is_none());
+                match (unnamed.next(), unnamed.next()) {
                     (Some(only), None) => Some(only),
                     _ => None,
                 }
-            }
-        }
-        .ok_or(TokenError::UnknownKey)?;
+            })
+            .ok_or(TokenError::UnknownKey)?;
 
         // jsonwebtoken checks the signature and that the header alg is the one asked for;
         // time and claims are checked below with our own clock.

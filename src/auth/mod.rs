@@ -3,5 +3,6 @@
 //! once the route is known, before anything reaches an upstream.
 
 pub mod ip;
+pub mod issuer;
 pub mod jwks;
 pub mod jwt;

@@ -37,6 +37,8 @@ pub mod defaults {
     pub const JWT_MAX_LEEWAY_SECS: u64 = 300;
     pub const SCOPE_CLAIMS: &[&str] = &["scp", "scope", "roles"];
     pub const JWKS_MIN_REFRESH_SECS: u64 = 10;
+    pub const TOKEN_PATH: &str = "/oauth/token";
+    pub const TOKEN_TTL_SECS: u64 = 3600;
 }
 
 /// One problem in a config, located by its YAML path (and line/column where the parser knows it).
@@ -77,6 +79,7 @@ pub struct Config {
     /// Peers whose `X-Forwarded-For` is believed (the client IP is then read from it).
     pub trusted_proxies: CidrSet,
     pub jwt_providers: Vec<JwtProviderConfig>,
+    pub token_issuer: Option<TokenIssuerConfig>,
     pub upstreams: Vec<UpstreamConfig>,
     pub routes: Vec<RouteConfig>,
     pub router: Router,
@@ -157,6 +160,22 @@ pub struct RouteAuth {
     pub scopes_any: Vec<String>,
     /// Every one of these scopes.
     pub scopes_all: Vec<String>,
+}
+
+/// The built-in token issuer.
+pub struct TokenIssuerConfig {
+    pub path: String,
+    pub issuer: String,
+    pub signing_key: PathBuf,
+    pub ttl_secs: u64,
+    pub clients: Vec<crate::auth::issuer::IssuerClient>,
+}
+
+impl std::fmt::Debug for TokenIssuerConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names: Vec<&str> = self.clients.iter().map(|c| c.name.as_str()).collect();
+        write!(f, "TokenIssuerConfig({} at {}, clients {names:?})", self.issuer, self.path)
+    }
 }
 
 /// Where a provider's keys come from (read when the gateway is built).
@@ -253,6 +272,7 @@ fn parse_sections(tree: Value, errors: &mut Vec<ConfigError>) -> Option<schema::
     let trusted_proxies = optional(sections.remove("trusted_proxies"), "trusted_proxies", errors).unwrap_or_default();
     let ip_allowlists = named(sections.remove("ip_allowlists"), "ip_allowlists", errors);
     let jwt_providers = named(sections.remove("jwt_providers"), "jwt_providers", errors);
+    let token_issuer = optional(sections.remove("token_issuer"), "token_issuer", errors);
     let upstreams = named(sections.remove("upstreams"), "upstreams", errors);
     let routes = match sections.remove("routes") {
         Some(v) => list(v, "routes", errors),
@@ -266,6 +286,7 @@ fn parse_sections(tree: Value, errors: &mut Vec<ConfigError>) -> Option<schema::
         trusted_proxies,
         ip_allowlists,
         jwt_providers,
+        token_issuer,
         upstreams,
         routes,
     })

@@ -99,6 +99,27 @@ pub struct RouteAuthSection {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
+pub struct TokenIssuerSection {
+    pub path: Option<String>,
+    pub issuer: String,
+    pub signing_key: String,
+    pub token_ttl_secs: Option<u64>,
+    #[serde(default)]
+    pub clients: BTreeMap<String, IssuerClientSection>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IssuerClientSection {
+    pub secret_sha256: Option<String>,
+    pub secret: Option<String>,
+    #[serde(default)]
+    pub scopes: Vec<String>,
+    pub audience: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct UpstreamSection {
     pub targets: Vec<String>,
     #[serde(default)]
@@ -171,6 +192,7 @@ pub const TOP_LEVEL_KEYS: &[&str] = &[
     "trusted_proxies",
     "ip_allowlists",
     "jwt_providers",
+    "token_issuer",
     "upstreams",
     "routes",
 ];
@@ -186,6 +208,7 @@ pub struct Sections {
     pub trusted_proxies: Vec<String>,
     pub ip_allowlists: BTreeMap<String, Option<IpAllowlistSection>>,
     pub jwt_providers: BTreeMap<String, Option<JwtProviderSection>>,
+    pub token_issuer: Option<TokenIssuerSection>,
     pub upstreams: BTreeMap<String, Option<UpstreamSection>>,
     pub routes: Vec<Option<RouteSection>>,
 }
@@ -207,6 +230,7 @@ pub struct FileConfig {
     pub ip_allowlists: BTreeMap<String, IpAllowlistSection>,
     #[serde(default)]
     pub jwt_providers: BTreeMap<String, JwtProviderSection>,
+    pub token_issuer: Option<TokenIssuerSection>,
     #[serde(default)]
     pub upstreams: BTreeMap<String, UpstreamSection>,
     #[serde(default)]

@@ -10,7 +10,7 @@ use http::Method;
 use super::schema::{self, Methods, Sections, UpstreamTlsSection};
 use super::{
     defaults, AdminConfig, Config, ConfigError, JwtProviderConfig, KeySource, ListenerConfig, LogFormat,
-    LoggingSettings, RouteAuth, RouteConfig, ServerSettings, UpstreamConfig, UpstreamTls,
+    LoggingSettings, RouteAuth, RouteConfig, ServerSettings, TokenIssuerConfig, UpstreamConfig, UpstreamTls,
 };
 use crate::auth::ip::{parse_cidr, read_allowlist_file, CidrSet};
 use crate::auth::jwt::parse_algorithm;
@@ -121,6 +121,8 @@ pub(super) fn validate(file: Sections, errors: &mut Vec<ConfigError>) -> Option<
         }
     }
 
+    let token_issuer = file.token_issuer.as_ref().and_then(|t| token_issuer(t, &mut err));
+
     let mut upstreams = Vec::new();
     for (name, u) in &file.upstreams {
         let Some(u) = u else { continue };
@@ -156,7 +158,23 @@ pub(super) fn validate(file: Sections, errors: &mut Vec<ConfigError>) -> Option<
         .map(|r: &RouteConfig| RouteSpec { id: &r.id, methods: r.methods.clone(), template: &r.path })
         .collect();
     let router = match Router::build(&specs) {
-        Ok(router) => Some(router),
+        Ok(router) => {
+            if let Some(t) = &token_issuer {
+                for path in [t.path.as_str(), crate::auth::issuer::JWKS_PATH] {
+                    let shadowed = [Method::POST, Method::GET].iter().find_map(|m| match router.find(m, path) {
+                        crate::routing::RouteMatch::Found { route, .. } => Some(route),
+                        _ => None,
+                    });
+                    if let Some(route) = shadowed {
+                        err(
+                            format!("routes[{}].match.path", positions[route]),
+                            format!("matches `{path}`, which the token issuer serves: the route would never see it"),
+                        );
+                    }
+                }
+            }
+            Some(router)
+        }
         Err(conflicts) => {
             for (index, message) in conflicts {
                 err(format!("routes[{}].match.path", positions[index]), message);
@@ -175,6 +193,7 @@ pub(super) fn validate(file: Sections, errors: &mut Vec<ConfigError>) -> Option<
         admin: admin?,
         trusted_proxies,
         jwt_providers,
+        token_issuer,
         upstreams,
         routes,
         router: router?,
@@ -636,4 +655,81 @@ fn list_or_none(items: &[&str]) -> String {
     } else {
         items.join(", ")
     }
+}
+
+fn token_issuer(t: &schema::TokenIssuerSection, err: &mut impl FnMut(String, String)) -> Option<TokenIssuerConfig> {
+    use crate::auth::issuer::{parse_sha256_hex, IssuerClient};
+    use sha2::Digest;
+    let mut ok = true;
+    let path = t.path.clone().unwrap_or_else(|| defaults::TOKEN_PATH.to_string());
+    if !path.starts_with('/') || path.contains(['?', '#', ' ']) {
+        err("token_issuer.path".into(), format!("`{path}` must be a path starting with `/`"));
+        ok = false;
+    }
+    if t.issuer.trim().is_empty() {
+        err("token_issuer.issuer".into(), "must not be empty".into());
+        ok = false;
+    }
+    let ttl_secs = t.token_ttl_secs.unwrap_or(defaults::TOKEN_TTL_SECS);
+    if !(60..=86_400).contains(&ttl_secs) {
+        err("token_issuer.token_ttl_secs".into(), format!("{ttl_secs} must be between 60 and 86400"));
+        ok = false;
+    }
+    ok &= check_file(&t.signing_key, "token_issuer.signing_key", err);
+    if t.clients.is_empty() {
+        err("token_issuer.clients".into(), "required: at least one client".into());
+        ok = false;
+    }
+    let mut clients = Vec::new();
+    for (name, c) in &t.clients {
+        let path = format!("token_issuer.clients.{name}");
+        if !is_identifier(name) {
+            err(path.clone(), format!("`{name}` is not a valid client name (letters, digits, `_`, `-`, `.`)"));
+            ok = false;
+        }
+        let digest = match (&c.secret_sha256, &c.secret) {
+            (Some(hex), None) => parse_sha256_hex(hex).or_else(|| {
+                err(format!("{path}.secret_sha256"), "must be 64 hex digits (`printf %s SECRET | sha256sum`)".into());
+                None
+            }),
+            (None, Some(secret)) if secret.len() >= 16 => Some(sha2::Sha256::digest(secret.as_bytes()).into()),
+            (None, Some(_)) => {
+                err(format!("{path}.secret"), "must be at least 16 characters".into());
+                None
+            }
+            _ => {
+                err(
+                    path.clone(),
+                    "give exactly one of `secret_sha256`, `secret` (e.g. `${GENESYS_CLIENT_SECRET}`)".into(),
+                );
+                None
+            }
+        };
+        if c.audience.trim().is_empty() {
+            err(format!("{path}.audience"), "must not be empty".into());
+            ok = false;
+        }
+        for (i, scope) in c.scopes.iter().enumerate() {
+            if scope.is_empty() || scope.contains(|ch: char| ch.is_whitespace() || ch == '"' || ch == '\\') {
+                err(format!("{path}.scopes[{i}]"), format!("`{scope}` is not a scope token"));
+                ok = false;
+            }
+        }
+        match digest {
+            Some(secret_sha256) => clients.push(IssuerClient {
+                name: name.clone(),
+                secret_sha256,
+                scopes: c.scopes.clone(),
+                audience: c.audience.clone(),
+            }),
+            None => ok = false,
+        }
+    }
+    ok.then(|| TokenIssuerConfig {
+        path,
+        issuer: t.issuer.clone(),
+        signing_key: t.signing_key.clone().into(),
+        ttl_secs,
+        clients,
+    })
 }

@@ -1,0 +1,157 @@
+//! The built-in token issuer end to end: a client gets a token over HTTP, `seawall token` prints
+//! one, the token opens a JWT route through a provider that trusts the issuer's key, and bad
+//! clients get RFC 6749 errors, then 429.
+
+mod common;
+
+use std::process::Command;
+
+use common::{Backend, TestGateway};
+
+struct Keys {
+    dir: tempfile::TempDir,
+}
+
+impl Keys {
+    fn new() -> Keys {
+        let dir = tempfile::tempdir().unwrap();
+        let ec = openssl::ec::EcKey::generate(
+            &openssl::ec::EcGroup::from_curve_name(openssl::nid::Nid::X9_62_PRIME256V1).unwrap(),
+        )
+        .unwrap();
+        let key = openssl::pkey::PKey::from_ec_key(ec).unwrap();
+        std::fs::write(dir.path().join("issuer.pem"), key.private_key_to_pem_pkcs8().unwrap()).unwrap();
+        std::fs::write(dir.path().join("issuer.pub.pem"), key.public_key_to_pem().unwrap()).unwrap();
+        Keys { dir }
+    }
+
+    fn path(&self, name: &str) -> String {
+        self.dir.path().join(name).display().to_string()
+    }
+}
+
+const CONFIG: &str = r#"
+server: { threads: 1 }
+logging: { access_log: false }
+listeners: [{ name: public, address: "127.0.0.1:${PORT}" }]
+admin: { address: "127.0.0.1:${ADMIN_PORT}" }
+token_issuer:
+  issuer: https://gateway.example.com
+  signing_key: "${KEY}"
+  token_ttl_secs: 600
+  clients:
+    genesys:
+      secret: "${SECRET}"
+      scopes: [ivr.read]
+      audience: api://ivr-data-dips
+jwt_providers:
+  self:
+    issuer: https://gateway.example.com
+    public_key_pem: "${PUB}"
+    audiences: [api://ivr-data-dips]
+    algorithms: [ES256]
+upstreams:
+  crm: { targets: ["${BACKEND}"] }
+routes:
+  - id: lookup
+    match: { method: GET, path: "/accounts/{id}" }
+    auth: { jwt: self, scopes_any: [ivr.read] }
+    upstream: crm
+    timeout_ms: 2000
+"#;
+
+const SECRET: &str = "correct-horse-battery-staple";
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_token_opens_the_protected_route() {
+    let keys = Keys::new();
+    let backend = Backend::ok().await;
+    let vars = [
+        ("KEY", keys.path("issuer.pem")),
+        ("PUB", keys.path("issuer.pub.pem")),
+        ("SECRET", SECRET.to_string()),
+        ("BACKEND", backend.addr.to_string()),
+    ];
+    let gw = TestGateway::start(CONFIG, &vars);
+    let client = reqwest::Client::new();
+
+    // As Genesys' "User Defined (OAuth)" auth action does: Basic auth + form body.
+    let resp = client
+        .post(gw.url("/oauth/token"))
+        .basic_auth("genesys", Some(SECRET))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("grant_type=client_credentials")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["cache-control"], "no-store");
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(body["token_type"], "Bearer");
+    assert_eq!(body["expires_in"], 600);
+    assert_eq!(body["scope"], "ivr.read");
+    let token = body["access_token"].as_str().unwrap().to_string();
+    let resp = client.get(gw.url("/accounts/7")).bearer_auth(&token).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+
+    // The issuer's keys, published for IdP-style configuration.
+    let jwks: serde_json::Value =
+        client.get(gw.url("/.well-known/jwks.json")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(jwks["keys"][0]["kty"], "EC");
+    assert_eq!(jwks["keys"][0]["alg"], "ES256");
+
+    // `seawall token` prints a token that works the same way.
+    let output = Command::new(env!("CARGO_BIN_EXE_seawall"))
+        .args(["token", "--client-id", "genesys", "--secret", SECRET, "--url", &gw.url("/oauth/token")])
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let printed = String::from_utf8(output.stdout).unwrap();
+    let resp = client.get(gw.url("/accounts/8")).bearer_auth(printed.trim()).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let output = Command::new(env!("CARGO_BIN_EXE_seawall"))
+        .args(["token", "--client-id", "genesys", "--secret", "nope", "--url", &gw.url("/oauth/token")])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("invalid_client"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_clients_get_rfc6749_errors_then_429() {
+    let keys = Keys::new();
+    let backend = Backend::ok().await;
+    let vars = [
+        ("KEY", keys.path("issuer.pem")),
+        ("PUB", keys.path("issuer.pub.pem")),
+        ("SECRET", SECRET.to_string()),
+        ("BACKEND", backend.addr.to_string()),
+    ];
+    let gw = TestGateway::start(CONFIG, &vars);
+    let client = reqwest::Client::new();
+    let post = |auth: (&'static str, &'static str), body: &'static str| {
+        client.post(gw.url("/oauth/token")).basic_auth(auth.0, Some(auth.1)).body(body).send()
+    };
+    let resp = post(("genesys", SECRET), "grant_type=password").await.unwrap();
+    assert_eq!(resp.status(), 400);
+    assert_eq!(resp.text().await.unwrap(), r#"{"error":"unsupported_grant_type"}"#);
+    let resp = post(("genesys", SECRET), "nonsense").await.unwrap();
+    assert_eq!(resp.status(), 400);
+    assert_eq!(resp.text().await.unwrap(), r#"{"error":"invalid_request"}"#);
+    for _ in 0..5 {
+        let resp = post(("genesys", "guess"), "grant_type=client_credentials").await.unwrap();
+        assert_eq!(resp.status(), 401);
+        assert_eq!(resp.headers()["www-authenticate"], r#"Basic realm="seawall""#);
+        assert_eq!(resp.text().await.unwrap(), r#"{"error":"invalid_client"}"#);
+    }
+    let resp = post(("genesys", SECRET), "grant_type=client_credentials").await.unwrap();
+    assert_eq!(resp.status(), 429, "secret guessing from one address is throttled");
+    assert!(backend.received().is_empty());
+    let metrics = gw.metrics().await;
+    assert!(
+        metrics.contains(r#"seawall_auth_rejections_total{layer="issuer",reason="invalid_client"} 5"#),
+        "{metrics}"
+    );
+    assert!(metrics.contains(r#"seawall_auth_rejections_total{layer="issuer",reason="throttled"} 1"#), "{metrics}");
+    assert!(metrics.contains(r#"seawall_requests_total{route="_token_issuer",status="401"} 5"#), "{metrics}");
+}
