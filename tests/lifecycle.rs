@@ -168,6 +168,24 @@ async fn the_demo_routes_a_lookup_and_times_out_the_hanging_one() {
     assert_eq!(body["accountId"], "1001");
     let resp = client.get(format!("http://127.0.0.1:{port}/nowhere")).send().await.unwrap();
     assert_eq!(resp.status(), 404);
+    // The OAuth2 flow the demo prints: 401 without a token, a token from the built-in issuer, 200.
+    let secure = format!("http://127.0.0.1:{port}/secure/accounts/1001");
+    assert_eq!(client.get(&secure).send().await.unwrap().status(), 401);
+    let token: serde_json::Value = client
+        .post(format!("http://127.0.0.1:{port}/oauth/token"))
+        .basic_auth("genesys-demo", Some("demo-secret-change-me"))
+        .form(&[("grant_type", "client_credentials")])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let token = token["access_token"].as_str().unwrap();
+    assert_eq!(client.get(&secure).bearer_auth(token).send().await.unwrap().status(), 200);
+    let admin_route = format!("http://127.0.0.1:{port}/secure/admin/accounts/1001");
+    assert_eq!(client.get(&admin_route).bearer_auth(token).send().await.unwrap().status(), 403);
+
     let started = Instant::now();
     let resp = client.get(format!("http://127.0.0.1:{port}/accounts/hang")).send().await.unwrap();
     assert_eq!(resp.status(), 504);
