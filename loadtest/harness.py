@@ -45,6 +45,10 @@ class Scenario:
     method: str = "GET"
     body_bytes: int = 0
     connections: int = 50
+    # Sends `Authorization: Bearer <the run's RS256 token>` (one token reused, as Genesys does).
+    bearer: bool = False
+    # Peers that can run it (None: all).
+    peers: tuple = None
 
 
 SCENARIOS = [
@@ -53,7 +57,14 @@ SCENARIOS = [
     Scenario("post2k", "POST with a 2 KB JSON body, 50 connections", "/post", method="POST", body_bytes=2048),
     Scenario("small_c200", "GET, small JSON answer, 200 connections", "/small", connections=200),
     Scenario("small_c1000", "GET, small JSON answer, 1000 connections", "/small", connections=1000),
+    # IP allowlist + JWT RS256 (iss, aud, exp, alg checked) against HAProxy's jwt_verify + ACLs;
+    # nginx (open source) has no JWT check.
+    Scenario("genesys_route", "GET, IP allowlist + JWT RS256, small JSON, 50 connections", "/secure",
+             bearer=True, peers=("seawall", "haproxy")),
 ]
+
+JWT_ISSUER = "https://idp.loadtest"
+JWT_AUDIENCE = "api://ivr-data-dips"
 
 IDLE_CONNECTIONS = 10_000
 # Open-loop rates (requests/s) for the latency figures: below every peer's saturation on one core.
@@ -145,6 +156,7 @@ http {{
         location = /small {{ return 200 '{SMALL_JSON}'; }}
         location = /16k {{ alias {workdir}/16k.json; }}
         location = /post {{ client_body_buffer_size 64k; return 200 '{SMALL_JSON}'; }}
+        location = /secure {{ return 200 '{SMALL_JSON}'; }}
         location / {{ return 404; }}
     }}
 }}
@@ -203,13 +215,23 @@ defaults
     timeout http-keep-alive 300s
 frontend public
     bind 127.0.0.1:{port} backlog 65535
+    acl secure path /secure
+    http-request deny if secure !{{ src 127.0.0.0/8 }}
+    http-request set-var(txn.bearer) http_auth_bearer if secure
+    http-request set-var(txn.jwt_alg) var(txn.bearer),jwt_header_query('$.alg') if secure
+    http-request set-var(txn.now) date() if secure
+    http-request deny status 401 if secure !{{ var(txn.jwt_alg) -m str RS256 }}
+    http-request deny status 401 if secure !{{ var(txn.bearer),jwt_payload_query('$.iss') -m str {JWT_ISSUER} }}
+    http-request deny status 401 if secure !{{ var(txn.bearer),jwt_payload_query('$.aud') -m str {JWT_AUDIENCE} }}
+    http-request deny status 401 if secure {{ var(txn.bearer),jwt_payload_query('$.exp','int'),sub(txn.now) -m int lt 0 }}
+    http-request deny status 401 if secure !{{ var(txn.bearer),jwt_verify(txn.jwt_alg,"{workdir}/jwt.pub.pem") -m int 1 }}
     default_backend be
 backend be
     server s1 127.0.0.1:{backend_port} maxconn 4096
 """
 
 
-def seawall_conf(port, admin_port, backend_port, access_log):
+def seawall_conf(port, admin_port, backend_port, access_log, workdir="/tmp"):
     return f"""
 server:
   threads: 1
@@ -224,10 +246,24 @@ listeners:
     address: "127.0.0.1:{port}"
 admin:
   address: "127.0.0.1:{admin_port}"
+ip_allowlists:
+  local: {{ cidrs: [127.0.0.0/8] }}
+jwt_providers:
+  idp:
+    issuer: {JWT_ISSUER}
+    public_key_pem: "{workdir}/jwt.pub.pem"
+    audiences: [{JWT_AUDIENCE}]
+    algorithms: [RS256]
 upstreams:
   backend:
     targets: ["127.0.0.1:{backend_port}"]
 routes:
+  - id: secure
+    match: {{ method: GET, path: "/secure" }}
+    allow_ips: [local]
+    auth: {{ jwt: idp }}
+    upstream: backend
+    timeout_ms: 10000
   - id: small
     match: {{ method: GET, path: "/small" }}
     upstream: backend
@@ -242,6 +278,30 @@ routes:
     timeout_ms: 10000
     max_body_bytes: 65536
 """
+
+
+def b64url(data):
+    import base64
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def make_jwt(workdir, lifetime_secs=86400):
+    """An RSA key pair (jwt.pem, jwt.pub.pem) in `workdir` and an RS256 token signed with it by
+    the openssl CLI, as an IdP would issue for the Genesys integration."""
+    key = os.path.join(workdir, "jwt.pem")
+    subprocess.run(["openssl", "genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048", "-out", key],
+                   check=True, capture_output=True)
+    subprocess.run(["openssl", "pkey", "-in", key, "-pubout", "-out", os.path.join(workdir, "jwt.pub.pem")],
+                   check=True, capture_output=True)
+    os.chmod(os.path.join(workdir, "jwt.pub.pem"), 0o644)
+    now = int(time.time())
+    header = b64url(json.dumps({"alg": "RS256", "typ": "JWT"}).encode())
+    payload = b64url(json.dumps({"iss": JWT_ISSUER, "aud": JWT_AUDIENCE, "sub": "genesys", "azp": "genesys",
+                                 "iat": now, "exp": now + lifetime_secs, "scope": "ivr.read"}).encode())
+    signing_input = f"{header}.{payload}".encode()
+    signature = subprocess.run(["openssl", "dgst", "-sha256", "-sign", key], input=signing_input,
+                               check=True, capture_output=True).stdout
+    return f"{header}.{payload}.{b64url(signature)}"
 
 
 def wrk_post_script(body_bytes):
@@ -353,7 +413,7 @@ def make_peers(names, seawall_bin, backend_port, workdir, access_log):
         if name == "seawall":
             conf = os.path.join(workdir, f"seawall-{tag}.yaml")
             with open(conf, "w") as f:
-                f.write(seawall_conf(port, free_port(), backend_port, access_log))
+                f.write(seawall_conf(port, free_port(), backend_port, access_log, workdir))
             argv = [seawall_bin, "run", "-c", conf]
         elif name == "nginx":
             conf = os.path.join(workdir, f"nginx-{tag}.conf")
@@ -373,8 +433,10 @@ def make_peers(names, seawall_bin, backend_port, workdir, access_log):
 
 # ---------------------------------------------------------------- measurements
 
-def run_wrk(port, scenario, duration, workdir):
+def run_wrk(port, scenario, duration, workdir, token=None):
     argv = ["taskset", "-c", LOAD_CORE, "wrk", "-t1", f"-c{scenario.connections}", f"-d{duration}s", "--timeout", "5s"]
+    if scenario.bearer:
+        argv += ["-H", f"Authorization: Bearer {token}"]
     if scenario.method == "POST":
         script = os.path.join(workdir, f"post-{scenario.body_bytes}.lua")
         with open(script, "w") as f:
@@ -385,11 +447,11 @@ def run_wrk(port, scenario, duration, workdir):
     return parse_wrk(out.stdout)
 
 
-def measure(peer, scenario, duration, workdir):
+def measure(peer, scenario, duration, workdir, token=None):
     # warm-up: connections, pools, caches
-    run_wrk(peer.port, scenario, 1, workdir)
+    run_wrk(peer.port, scenario, 1, workdir, token)
     before = peer.cpu_ticks()
-    result = run_wrk(peer.port, scenario, duration, workdir)
+    result = run_wrk(peer.port, scenario, duration, workdir, token)
     after = peer.cpu_ticks()
     cpu_seconds = (after - before) / CLK_TCK
     result["cpu_us_per_request"] = cpu_seconds * 1e6 / result["requests"] if result["requests"] else float("nan")
@@ -559,6 +621,7 @@ def main(argv=None):
     with open(os.path.join(workdir, "16k.json"), "w") as f:
         f.write('{"data":"' + "x" * (16 * 1024 - 11) + '"}')
     os.chmod(os.path.join(workdir, "16k.json"), 0o644)
+    token = make_jwt(workdir)
     backend_port = free_port()
     with open(os.path.join(workdir, "backend.conf"), "w") as f:
         f.write(backend_nginx_conf(backend_port, workdir))
@@ -581,7 +644,9 @@ def main(argv=None):
                 for rnd in range(args.rounds):
                     for s in scenarios:
                         for p in live:
-                            r = measure(p, s, args.duration, workdir)
+                            if s.peers and p.name not in s.peers:
+                                continue
+                            r = measure(p, s, args.duration, workdir, token)
                             runs.setdefault(s.name, {}).setdefault(p.name, []).append(r)
                             print(f"[{tag} round {rnd + 1}] {s.name:12} {p.name:8} {r['rps']:10.0f} req/s "
                                   f"{r['cpu_us_per_request']:6.1f} µs/req errors={r['errors']}", flush=True)

@@ -1,5 +1,6 @@
 """Unit tests of the harness's parsing and config generation (no load, no processes)."""
 
+import json
 import os
 import subprocess
 import tempfile
@@ -81,7 +82,7 @@ class ConfigTest(unittest.TestCase):
         with tempfile.TemporaryDirectory() as d:
             n = harness.nginx_conf(1000, 2000, d, access_log=False)
             h = harness.haproxy_conf(1001, 2000, d, access_log=False)
-            s = harness.seawall_conf(1002, 1003, 2000, access_log=False)
+            s = harness.seawall_conf(1002, 1003, 2000, access_log=False, workdir=d)
         for text, needle in [(n, "127.0.0.1:2000"), (h, "127.0.0.1:2000"), (s, "127.0.0.1:2000")]:
             self.assertIn(needle, text)
         self.assertIn("worker_processes 1", n)
@@ -105,6 +106,19 @@ class ConfigTest(unittest.TestCase):
         self.assertEqual(len(body), 2048)
         self.assertIn('"POST"', script)
 
+    def test_jwt_is_rs256_with_the_claims_peers_check(self):
+        import base64
+        with tempfile.TemporaryDirectory() as d:
+            token = harness.make_jwt(d, lifetime_secs=60)
+            self.assertTrue(os.path.exists(os.path.join(d, "jwt.pub.pem")))
+        header, payload, signature = token.split(".")
+        pad = lambda s: s + "=" * (-len(s) % 4)
+        self.assertEqual(json.loads(base64.urlsafe_b64decode(pad(header)))["alg"], "RS256")
+        claims = json.loads(base64.urlsafe_b64decode(pad(payload)))
+        self.assertEqual(claims["iss"], harness.JWT_ISSUER)
+        self.assertEqual(claims["aud"], harness.JWT_AUDIENCE)
+        self.assertEqual(len(base64.urlsafe_b64decode(pad(signature))), 256)
+
     def test_every_scenario_has_a_backend_location(self):
         with tempfile.TemporaryDirectory() as d:
             conf = harness.backend_nginx_conf(1, d)
@@ -115,10 +129,12 @@ class ConfigTest(unittest.TestCase):
         binary = os.environ.get("SEAWALL_BIN")
         if not binary:
             self.skipTest("SEAWALL_BIN not set")
-        with tempfile.NamedTemporaryFile("w", suffix=".yaml") as f:
-            f.write(harness.seawall_conf(18001, 18002, 18003, access_log=True))
-            f.flush()
-            out = subprocess.run([binary, "validate", "-c", f.name], capture_output=True, text=True)
+        with tempfile.TemporaryDirectory() as d:
+            harness.make_jwt(d)
+            path = os.path.join(d, "seawall.yaml")
+            with open(path, "w") as f:
+                f.write(harness.seawall_conf(18001, 18002, 18003, access_log=True, workdir=d))
+            out = subprocess.run([binary, "validate", "-c", path], capture_output=True, text=True)
         self.assertEqual(out.returncode, 0, out.stderr)
 
     def test_nginx_configs_parse(self):
@@ -140,6 +156,7 @@ class ConfigTest(unittest.TestCase):
         if not os.path.exists(haproxy):
             self.skipTest("haproxy not installed")
         with tempfile.TemporaryDirectory() as d:
+            harness.make_jwt(d)
             path = os.path.join(d, "h.cfg")
             with open(path, "w") as f:
                 f.write(harness.haproxy_conf(18006, 18004, d, access_log=True))
