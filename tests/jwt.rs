@@ -149,7 +149,7 @@ jwt_providers:
   d: {{ issuer: "", audiences: [], algorithms: [] }}
 upstreams: {{ crm: {{ targets: ["127.0.0.1:9"] }} }}
 routes:
-  - {{ id: r, match: {{ path: "/r" }}, auth: {{ jwt: nobody, client_cert: required }}, upstream: crm, timeout_ms: 100 }}
+  - {{ id: r, match: {{ path: "/r" }}, auth: {{ jwt: nobody, client_cert: required, scopes_any: ["ivr read"] }}, upstream: crm, timeout_ms: 100 }}
 "#,
         bad = not_pem.display(),
         ec = ec_pub.display()
@@ -175,6 +175,7 @@ routes:
         ("`jwt_providers.d`", "exactly one of"),
         ("`routes[0].auth.client_cert`", "TLS listeners"),
         ("`routes[0].auth.jwt`", "unknown jwt_providers entry `nobody`"),
+        ("`routes[0].auth.scopes_any[0]`", "not a scope token"),
     ] {
         assert!(stderr.lines().any(|l| l.contains(path) && l.contains(fragment)), "{path} {fragment}:\n{stderr}");
     }
@@ -186,7 +187,7 @@ routes:
             &format!(r#"public_key_pem: "{}", audiences: [y], algorithms: [ES256]"#, ec_pub.display()),
         )
         .replace(r#"d: { issuer: "", audiences: [], algorithms: [] }"#, "")
-        .replace("auth: { jwt: nobody, client_cert: required }", "auth: { jwt: c }");
+        .replace(r#"auth: { jwt: nobody, client_cert: required, scopes_any: ["ivr read"] }"#, "auth: { jwt: c }");
     let p = dir.path().join("fixed.yaml");
     std::fs::write(&p, fixed).unwrap();
     let output =

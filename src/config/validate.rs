@@ -483,14 +483,8 @@ fn route_auth(
             }
         },
     };
-    for (key, scopes) in [("scopes_any", &a.scopes_any), ("scopes_all", &a.scopes_all)] {
-        for (i, scope) in scopes.iter().enumerate() {
-            if scope.is_empty() || scope.contains(|c: char| c.is_whitespace() || c == '"' || c == '\\') {
-                err(format!("{path}.auth.{key}[{i}]"), format!("`{scope}` is not a scope token"));
-                ok = false;
-            }
-        }
-    }
+    ok &= check_scopes(&a.scopes_any, &format!("{path}.auth.scopes_any"), err);
+    ok &= check_scopes(&a.scopes_all, &format!("{path}.auth.scopes_all"), err);
     if !ok {
         return None;
     }
@@ -602,6 +596,19 @@ fn cidr_set(cidrs: &[String], files: &[String], path: &str, err: &mut impl FnMut
     set
 }
 
+/// Scopes are RFC 6749 scope tokens: no spaces, quotes or backslashes (they end up inside a
+/// space-separated claim and a quoted `WWW-Authenticate` parameter).
+fn check_scopes(scopes: &[String], path: &str, err: &mut impl FnMut(String, String)) -> bool {
+    let mut ok = true;
+    for (i, scope) in scopes.iter().enumerate() {
+        if scope.is_empty() || scope.contains(|c: char| c.is_whitespace() || c == '"' || c == '\\') {
+            err(format!("{path}[{i}]"), format!("`{scope}` is not a scope token"));
+            ok = false;
+        }
+    }
+    ok
+}
+
 fn is_identifier(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 64
@@ -709,12 +716,7 @@ fn token_issuer(t: &schema::TokenIssuerSection, err: &mut impl FnMut(String, Str
             err(format!("{path}.audience"), "must not be empty".into());
             ok = false;
         }
-        for (i, scope) in c.scopes.iter().enumerate() {
-            if scope.is_empty() || scope.contains(|ch: char| ch.is_whitespace() || ch == '"' || ch == '\\') {
-                err(format!("{path}.scopes[{i}]"), format!("`{scope}` is not a scope token"));
-                ok = false;
-            }
-        }
+        ok &= check_scopes(&c.scopes, &format!("{path}.scopes"), err);
         match digest {
             Some(secret_sha256) => clients.push(IssuerClient {
                 name: name.clone(),
