@@ -112,9 +112,7 @@ impl SeawallProxy {
             ctx.status = 499;
         }
     }
-}
 
-impl SeawallProxy {
     /// The built-in token issuer's two endpoints; answers are RFC 6749 JSON, not problem+json.
     async fn serve_issuer(&self, session: &mut Session, ctx: &mut RequestCtx, issuer: &TokenIssuer) {
         let req = session.req_header();
