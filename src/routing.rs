@@ -238,16 +238,12 @@ impl PathParams {
         self.names.iter().position(|n| n == name).map(|i| self.decoded[i].as_str())
     }
 
-    pub fn value(&self, index: usize) -> &str {
+    fn value(&self, index: usize) -> &str {
         &self.decoded[index]
     }
 
     fn raw(&self, index: usize) -> &str {
         &self.raw[index]
-    }
-
-    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
-        self.names.iter().map(String::as_str).zip(self.decoded.iter().map(String::as_str))
     }
 }
 

@@ -31,12 +31,13 @@ routes:
     path
 }
 
-fn spawn(config: &std::path::Path) -> Child {
+/// `seawall run -c CONFIG`; `stdout` is where its log goes.
+fn spawn(config: &std::path::Path, stdout: Stdio) -> Child {
     Command::new(env!("CARGO_BIN_EXE_seawall"))
         .args(["run", "-c"])
         .arg(config)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
+        .stdout(stdout)
+        .stderr(Stdio::null())
         .spawn()
         .unwrap()
 }
@@ -79,7 +80,7 @@ async fn sigterm_finishes_in_flight_requests_then_exits_promptly() {
     let dir = tempfile::tempdir().unwrap();
     let (port, admin) = (free_port(), free_port());
     let config = write_config(&dir, port, admin, backend.addr, 30);
-    let mut child = spawn(&config);
+    let mut child = spawn(&config, Stdio::null());
     wait_ready(admin);
 
     let in_flight = std::thread::spawn(move || {
@@ -89,10 +90,19 @@ async fn sigterm_finishes_in_flight_requests_then_exits_promptly() {
         s.read_to_string(&mut out).unwrap();
         (out, Instant::now())
     });
-    std::thread::sleep(Duration::from_millis(200));
+    // SIGTERM once the backend is working on the request, not after a guessed pause.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while backend.started() == 0 {
+        assert!(Instant::now() < deadline, "the request never reached the backend");
+        std::thread::sleep(Duration::from_millis(5));
+    }
     signal(&child, "TERM");
-    std::thread::sleep(Duration::from_millis(200));
-    assert!(TcpStream::connect(("127.0.0.1", port)).is_err(), "new connections accepted while draining");
+    // The listener closes while the request is still in flight (the backend takes 800 ms).
+    let deadline = Instant::now() + Duration::from_millis(500);
+    while TcpStream::connect(("127.0.0.1", port)).is_ok() {
+        assert!(Instant::now() < deadline, "new connections accepted while draining");
+        std::thread::sleep(Duration::from_millis(10));
+    }
 
     let (answer, answered_at) = in_flight.join().unwrap();
     assert!(answer.starts_with("HTTP/1.1 200"), "in-flight request cut: {answer}");
@@ -108,7 +118,7 @@ async fn sighup_does_not_kill_and_sigint_exits_fast() {
     let dir = tempfile::tempdir().unwrap();
     let (port, admin) = (free_port(), free_port());
     let config = write_config(&dir, port, admin, backend.addr, 30);
-    let mut child = spawn(&config);
+    let mut child = spawn(&config, Stdio::null());
     wait_ready(admin);
     signal(&child, "HUP");
     std::thread::sleep(Duration::from_millis(300));
@@ -220,13 +230,7 @@ routes:
         ),
     )
     .unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_seawall"))
-        .args(["run", "-c"])
-        .arg(&path)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = spawn(&path, Stdio::piped());
     wait_ready(admin);
     let client = reqwest::Client::new();
     let resp =
@@ -234,7 +238,7 @@ routes:
     assert_eq!(resp.status(), 200);
     let resp = client.get(format!("http://127.0.0.1:{port}/zzz")).send().await.unwrap();
     assert_eq!(resp.status(), 404);
-    std::thread::sleep(Duration::from_millis(100));
+    // The drain waits for every request to finish its logging phase: no pause needed.
     signal(&child, "TERM");
     wait_exit(&mut child, Duration::from_secs(5)).expect("no exit");
     let mut stdout = String::new();

@@ -418,9 +418,15 @@ async fn a_slow_or_vanished_client_is_not_an_upstream_timeout() {
         stream.write_all(b"GET /upload HTTP/1.1\r\nHost: gw\r\n\r\n").await.unwrap();
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    // The abandoned request ends when Pingora sees the caller gone; wait for its log line.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut metrics = gw.metrics().await;
+    while !metrics.contains(r#"seawall_requests_total{route="upload",status="499"} 1"#) {
+        assert!(Instant::now() < deadline, "the vanished caller was never logged:\n{metrics}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        metrics = gw.metrics().await;
+    }
 
-    let metrics = gw.metrics().await;
     assert!(
         metrics.contains(r#"seawall_upstream_requests_total{outcome="timeout",upstream="crm"} 0"#),
         "a client's fault was counted as an upstream timeout:\n{metrics}"

@@ -62,8 +62,8 @@ routes:
 
 const SECRET: &str = "correct-horse-battery-staple";
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_client_token_opens_the_protected_route() {
+/// A gateway with the issuer and a route that accepts its tokens (the keys live as long as it).
+async fn start() -> (Keys, Backend, TestGateway) {
     let keys = Keys::new();
     let backend = Backend::ok().await;
     let vars = [
@@ -73,6 +73,12 @@ async fn a_client_token_opens_the_protected_route() {
         ("BACKEND", backend.addr.to_string()),
     ];
     let gw = TestGateway::start(CONFIG, &vars);
+    (keys, backend, gw)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_token_opens_the_protected_route() {
+    let (_keys, _backend, gw) = start().await;
     let client = reqwest::Client::new();
 
     // As Genesys' "User Defined (OAuth)" auth action does: Basic auth + form body.
@@ -119,15 +125,7 @@ async fn a_client_token_opens_the_protected_route() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn bad_clients_get_rfc6749_errors_then_429() {
-    let keys = Keys::new();
-    let backend = Backend::ok().await;
-    let vars = [
-        ("KEY", keys.path("issuer.pem")),
-        ("PUB", keys.path("issuer.pub.pem")),
-        ("SECRET", SECRET.to_string()),
-        ("BACKEND", backend.addr.to_string()),
-    ];
-    let gw = TestGateway::start(CONFIG, &vars);
+    let (_keys, backend, gw) = start().await;
     let client = reqwest::Client::new();
     let post = |auth: (&'static str, &'static str), body: &'static str| {
         client.post(gw.url("/oauth/token")).basic_auth(auth.0, Some(auth.1)).body(body).send()

@@ -385,10 +385,6 @@ fn add_locations(text: &str, errors: &mut [ConfigError]) {
 }
 
 impl Config {
-    pub fn upstream(&self, index: usize) -> &UpstreamConfig {
-        &self.upstreams[index]
-    }
-
     /// A one-line summary for `seawall validate` and the start-up log.
     pub fn summary(&self) -> String {
         format!(
