@@ -1,14 +1,20 @@
-//! The state every service of one gateway shares: the validated config, upstreams, metrics,
-//! readiness and the count of requests in progress (for draining on SIGTERM).
+//! The state every service of one gateway shares: the validated config, upstreams, TLS
+//! listeners, allowlists (the last two swapped on SIGHUP), metrics, readiness and the count of
+//! requests in progress (for draining on SIGTERM).
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
+use arc_swap::ArcSwap;
+
+use crate::auth::ip::Allowlists;
 use crate::auth::issuer::TokenIssuer;
 use crate::auth::jwks::JwksSource;
 use crate::auth::jwt::{key_from_pem, keys_from_jwks, JwtProvider, ProviderKey, ProviderSettings};
 use crate::config::{Config, ConfigError, JwtProviderConfig, KeySource};
 use crate::metrics::Metrics;
+use crate::tls::expiry::NamedCertificate;
+use crate::tls::ListenerTls;
 use crate::upstream::Upstream;
 
 pub struct Gateway {
@@ -19,7 +25,10 @@ pub struct Gateway {
     /// For each provider, its JWKS source when the keys come from `jwks_uri`.
     pub jwks_sources: Vec<Option<JwksSource>>,
     pub token_issuer: Option<TokenIssuer>,
-    pub metrics: Metrics,
+    /// One per `config.listeners`, same order; `None` for plain HTTP listeners.
+    pub tls_listeners: Vec<Option<Arc<ListenerTls>>>,
+    allowlists: ArcSwap<Allowlists>,
+    pub metrics: Arc<Metrics>,
     pub access_log: bool,
     /// Set once every public listener accepts connections.
     listeners_bound: AtomicBool,
@@ -83,24 +92,58 @@ impl Gateway {
                 }
             }
         };
+        let route_ids: Vec<&str> = config.routes.iter().map(|r| r.id.as_str()).collect();
+        let upstream_names: Vec<&str> = config.upstreams.iter().map(|u| u.name.as_str()).collect();
+        let metrics = Arc::new(Metrics::new(&route_ids, &upstream_names));
+        let mut tls_listeners = Vec::new();
+        for (i, l) in config.listeners.iter().enumerate() {
+            tls_listeners.push(match &l.tls {
+                None => None,
+                Some(tls) => match ListenerTls::new(&l.name, tls, Arc::clone(&metrics)) {
+                    Ok(listener) => Some(Arc::new(listener)),
+                    Err(message) => {
+                        errors.push(ConfigError::at(format!("listeners[{i}].tls"), message));
+                        None
+                    }
+                },
+            });
+        }
         if !errors.is_empty() {
             return Err(errors);
         }
-        let route_ids: Vec<&str> = config.routes.iter().map(|r| r.id.as_str()).collect();
-        let upstream_names: Vec<&str> = config.upstreams.iter().map(|u| u.name.as_str()).collect();
-        let metrics = Metrics::new(&route_ids, &upstream_names);
-        Ok(Gateway {
+        let allowlists = ArcSwap::from_pointee(Allowlists::new(&config));
+        let gateway = Gateway {
             access_log: config.logging.access_log,
             config,
             upstreams,
             jwt_providers,
             jwks_sources,
             token_issuer,
+            tls_listeners,
+            allowlists,
             metrics,
             listeners_bound: AtomicBool::new(false),
             draining: AtomicBool::new(false),
             active: Arc::new(AtomicUsize::new(0)),
-        })
+        };
+        gateway.metrics.certificate_expiry(&gateway.certificates());
+        Ok(gateway)
+    }
+
+    /// The allowlists as last loaded.
+    pub fn allowlists(&self) -> arc_swap::Guard<Arc<Allowlists>> {
+        self.allowlists.load()
+    }
+
+    pub fn set_allowlists(&self, allowlists: Allowlists) {
+        self.allowlists.store(Arc::new(allowlists));
+    }
+
+    /// Every certificate the gateway depends on: listeners' server certificates and client
+    /// CAs, upstreams' CAs and client certificates.
+    pub fn certificates(&self) -> Vec<NamedCertificate> {
+        let listeners = self.tls_listeners.iter().flatten().flat_map(|l| l.certificates());
+        listeners.chain(self.upstreams.iter().flat_map(|u| u.certificates())).collect()
     }
 
     /// Counts one request in progress until the returned guard drops.

@@ -17,6 +17,7 @@ pub mod admin;
 pub mod auth;
 pub mod config;
 pub mod demo;
+pub mod dev_certs;
 pub mod forwarding;
 pub mod gateway;
 pub mod genesys;
@@ -25,8 +26,10 @@ pub mod logging;
 pub mod metrics;
 pub mod problem;
 pub mod proxy;
+pub mod reload;
 pub mod request_id;
 pub mod routing;
+pub mod tls;
 pub mod upstream;
 
 use std::net::{SocketAddr, TcpStream};
@@ -70,8 +73,14 @@ pub fn build(config: Config) -> Result<Built, Vec<ConfigError>> {
         proxy::SeawallProxy::new(gateway.clone()),
         "seawall proxy",
     );
-    for listener in &gateway.config.listeners {
-        proxy.add_tcp(&listener.address.to_string());
+    for (i, (listener, tls)) in gateway.config.listeners.iter().zip(&gateway.tls_listeners).enumerate() {
+        match tls {
+            None => proxy.add_tcp(&listener.address.to_string()),
+            Some(tls) => {
+                let settings = tls.settings().map_err(|m| vec![ConfigError::at(format!("listeners[{i}].tls"), m)])?;
+                proxy.add_tls_with_settings(&listener.address.to_string(), None, settings);
+            }
+        }
     }
     server.add_service(proxy);
 
@@ -80,6 +89,11 @@ pub fn build(config: Config) -> Result<Built, Vec<ConfigError>> {
     admin.threads = Some(1);
     server.add_service(admin);
 
+    let certificates = gateway.certificates();
+    if !certificates.is_empty() {
+        tls::expiry::log_notices(&certificates, auth::jwt::unix_now() as i64);
+        server.add_service(background_service("certificate expiry", tls::expiry::ExpiryWatch(gateway.clone())));
+    }
     if gateway.jwks_sources.iter().any(Option::is_some) {
         server.add_service(background_service("jwks", auth::jwks::JwksRefresher { gateway: gateway.clone() }));
     }
@@ -140,7 +154,13 @@ impl BackgroundService for ReadinessProbe {
         }
         self.gateway.set_listeners_bound();
         for listener in &self.gateway.config.listeners {
-            tracing::info!(listener = %listener.name, address = %listener.address, "listening (http)");
+            let scheme = match listener.tls.as_ref().map(|t| t.client_auth.as_ref().map(|c| c.mode)) {
+                None => "http",
+                Some(None) => "https",
+                Some(Some(config::ClientAuthMode::Required)) => "https, client certificate required",
+                Some(Some(config::ClientAuthMode::Optional)) => "https, client certificate optional",
+            };
+            tracing::info!(listener = %listener.name, address = %listener.address, "listening ({scheme})");
         }
         tracing::info!(address = %self.gateway.config.admin.address, "admin listening (/metrics /healthz /readyz)");
     }

@@ -101,13 +101,15 @@ impl ShutdownSignalWatch for ManualShutdown {
     }
 }
 
-/// Logs SIGHUP instead of dying from it. Installed before the server starts.
-pub fn take_sighup() -> std::io::Result<()> {
+/// SIGHUP reloads certificates, keys, CAs, CRLs and allowlist files ([`crate::reload`]).
+/// Installed before the server starts: Pingora does not handle SIGHUP, which would kill it.
+pub fn take_sighup(gateway: Arc<Gateway>) -> std::io::Result<()> {
     use signal_hook::consts::SIGHUP;
     let mut signals = signal_hook::iterator::Signals::new([SIGHUP])?;
     std::thread::Builder::new().name("sighup".into()).spawn(move || {
         for _ in signals.forever() {
-            tracing::warn!("SIGHUP received: reloading is not supported by this version yet; nothing changed");
+            tracing::info!("SIGHUP received: reloading certificates, keys, CAs, CRLs and allowlist files");
+            crate::reload::reload_files(&gateway);
         }
     })?;
     Ok(())

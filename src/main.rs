@@ -239,7 +239,7 @@ fn serve(built: Built, banner: Option<String>) -> ExitCode {
         eprintln!("seawall: {message}");
         return ExitCode::from(2);
     }
-    if let Err(e) = lifecycle::take_sighup() {
+    if let Err(e) = lifecycle::take_sighup(Arc::clone(&built.gateway)) {
         eprintln!("seawall: cannot install the SIGHUP handler: {e}");
         return ExitCode::from(2);
     }

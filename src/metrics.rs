@@ -71,6 +71,8 @@ impl UpstreamOutcome {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AuthLayer {
     Ip,
+    /// Client certificates: refused in the handshake, or not allowed by name or pin.
+    Mtls,
     Jwt,
     /// The built-in token issuer's client authentication.
     Issuer,
@@ -80,6 +82,7 @@ impl AuthLayer {
     fn label(self) -> &'static str {
         match self {
             AuthLayer::Ip => "ip",
+            AuthLayer::Mtls => "mtls",
             AuthLayer::Jwt => "jwt",
             AuthLayer::Issuer => "issuer",
         }
@@ -105,6 +108,8 @@ pub struct Metrics {
     requests: IntCounterVec,
     auth_rejections: IntCounterVec,
     jwks_refreshes: IntCounterVec,
+    config_reloads: IntCounterVec,
+    certificate_expiry: IntGaugeVec,
     /// One per route, in config order, then [`ISSUER_ROUTE`] and [`NO_ROUTE`].
     routes: Vec<RouteSeries>,
     /// One per upstream, in config order.
@@ -150,6 +155,28 @@ impl Metrics {
         for reason in crate::auth::jwt::TokenError::ALL.map(|e| e.reason()).into_iter().chain(["insufficient_scope"]) {
             auth_rejections.with_label_values(&[AuthLayer::Jwt.label(), reason]);
         }
+        for reason in crate::tls::client_cert::Verdict::REASONS {
+            auth_rejections.with_label_values(&[AuthLayer::Mtls.label(), reason]);
+        }
+        let config_reloads = IntCounterVec::new(
+            Opts::new(
+                "seawall_config_reloads_total",
+                "SIGHUP reloads of certificates, keys, CAs, CRLs and allowlist files",
+            ),
+            &["result"],
+        )
+        .expect("valid metric");
+        for result in ["success", "failure"] {
+            config_reloads.with_label_values(&[result]);
+        }
+        let certificate_expiry = IntGaugeVec::new(
+            Opts::new(
+                "seawall_certificate_expiry_timestamp_seconds",
+                "notAfter of each server certificate, client CA and upstream certificate, as Unix time",
+            ),
+            &["name"],
+        )
+        .expect("valid metric");
         let jwks_refreshes = IntCounterVec::new(
             Opts::new("seawall_jwks_refresh_total", "JWKS fetches by provider and result (ok, error)"),
             &["provider", "result"],
@@ -158,6 +185,8 @@ impl Metrics {
         for collector in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(jwks_refreshes.clone()),
+            Box::new(config_reloads.clone()),
+            Box::new(certificate_expiry.clone()),
             Box::new(auth_rejections.clone()),
             Box::new(request_duration.clone()),
             Box::new(upstream_duration.clone()),
@@ -184,7 +213,16 @@ impl Metrics {
                 inflight: inflight.with_label_values(&[*name]),
             })
             .collect();
-        Metrics { registry, requests, auth_rejections, jwks_refreshes, routes, upstreams }
+        Metrics {
+            registry,
+            requests,
+            auth_rejections,
+            jwks_refreshes,
+            config_reloads,
+            certificate_expiry,
+            routes,
+            upstreams,
+        }
     }
 
     /// `route`: index in the config, `None` when no route matched.
@@ -219,6 +257,18 @@ impl Metrics {
     /// Counts one JWKS fetch of a provider (names come from the config: a bounded set).
     pub fn jwks_refresh(&self, provider: &str, ok: bool) {
         self.jwks_refreshes.with_label_values(&[provider, if ok { "ok" } else { "error" }]).inc();
+    }
+
+    /// Counts one SIGHUP reload: `ok` when every file was taken.
+    pub fn config_reload(&self, ok: bool) {
+        self.config_reloads.with_label_values(&[if ok { "success" } else { "failure" }]).inc();
+    }
+
+    /// Sets the expiry gauge of each certificate (names come from the config: a bounded set).
+    pub fn certificate_expiry(&self, certificates: &[crate::tls::expiry::NamedCertificate]) {
+        for c in certificates {
+            self.certificate_expiry.with_label_values(&[c.name.as_str()]).set(c.not_after);
+        }
     }
 
     /// Counts one upstream call in flight until the guard drops.

@@ -17,6 +17,8 @@ pub enum Problem {
     MethodNotAllowed { allow: String },
     #[error("client ip not in the route's allowlists")]
     IpNotAllowed,
+    #[error("client certificate missing or not allowed: {reason}")]
+    ClientCertRejected { reason: &'static str },
     #[error("bearer token refused: {reason}")]
     InvalidToken { reason: &'static str },
     #[error("token lacks the route's scope ({scope})")]
@@ -49,6 +51,9 @@ impl Problem {
             Problem::RouteNotFound => (404, "route_not_found", "No route for this path", false),
             Problem::MethodNotAllowed { .. } => (405, "method_not_allowed", "Method not allowed on this path", false),
             Problem::IpNotAllowed => (403, "ip_not_allowed", "Caller address not allowed", false),
+            Problem::ClientCertRejected { .. } => {
+                (403, "client_cert_rejected", "Client certificate missing or not allowed", false)
+            }
             Problem::InvalidToken { .. } => (401, "invalid_token", "Missing, invalid or expired access token", false),
             Problem::InsufficientScope { .. } => {
                 (403, "insufficient_scope", "Access token lacks the required scope", false)

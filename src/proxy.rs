@@ -36,6 +36,7 @@ use crate::metrics::{AuthLayer, InflightGuard, UpstreamOutcome, ISSUER_ROUTE, NO
 use crate::problem::{is_timeout, Problem};
 use crate::request_id;
 use crate::routing::{has_dot_segment, PathParams, RouteMatch};
+use crate::tls::client_cert::{ClientCertificate, Verdict};
 use crate::upstream::Deadline;
 
 pub struct SeawallProxy {
@@ -182,12 +183,14 @@ impl SeawallProxy {
     /// token naming a key we do not know may trigger one JWKS refetch, shared by concurrent
     /// requests, before it is refused.
     async fn authenticate(&self, session: &Session, ctx: &mut RequestCtx, route: &RouteConfig) -> Result<(), Problem> {
-        let Some(auth) = &route.auth else { return Ok(()) };
-        let provider = &self.gateway.jwt_providers[auth.provider];
+        let Some((auth, provider_index)) = route.auth.as_ref().and_then(|a| Some((a, a.provider?))) else {
+            return Ok(());
+        };
+        let provider = &self.gateway.jwt_providers[provider_index];
         let token = jwt::bearer_token(&session.req_header().headers);
         let mut verified = token.and_then(|t| provider.verify(t, jwt::unix_now()));
         if let (Err(TokenError::UnknownKey), Some(source), Ok(t)) =
-            (&verified, &self.gateway.jwks_sources[auth.provider], token)
+            (&verified, &self.gateway.jwks_sources[provider_index], token)
         {
             source.refetch_for_unknown_kid(provider, &self.gateway.metrics).await;
             verified = provider.verify(t, jwt::unix_now());
@@ -203,6 +206,29 @@ impl SeawallProxy {
             return Err(Problem::InsufficientScope { scope });
         }
         Ok(())
+    }
+
+    /// The client certificate, where the listener (`client_auth.mode: required`) or the route
+    /// (`auth.client_cert: required`) asks for one: verified in the handshake, and allowed by
+    /// the listener's names and pins.
+    fn check_client_certificate(&self, session: &Session, route: &RouteConfig) -> Result<(), Problem> {
+        let certificate = session
+            .digest()
+            .and_then(|d| d.ssl_digest.as_ref())
+            .and_then(|tls| tls.extension.get::<ClientCertificate>());
+        let route_requires = route.auth.as_ref().is_some_and(|a| a.client_cert);
+        if !route_requires && !certificate.is_some_and(|c| c.required) {
+            return Ok(());
+        }
+        let verdict = certificate.map_or(Verdict::Missing, |c| c.verdict);
+        if verdict == Verdict::Allowed {
+            return Ok(());
+        }
+        let reason = verdict.reason();
+        self.gateway.metrics.auth_rejection(AuthLayer::Mtls, reason);
+        let subject = certificate.and_then(|c| c.subject.as_deref()).unwrap_or("");
+        tracing::info!(route = %route.id, reason, subject, "client certificate not allowed");
+        Err(Problem::ClientCertRejected { reason })
     }
 
     /// Route match and every check that needs no I/O, cheapest refusal first: path, route,
@@ -229,12 +255,13 @@ impl SeawallProxy {
             let forwarded_for = req.headers.get_all("x-forwarded-for").iter().filter_map(|v| v.to_str().ok());
             ctx.client_ip = Some(auth::ip::client_ip(peer, &config.trusted_proxies, forwarded_for));
         }
-        if let Some(allowed) = &route.allow_ips {
+        if let Some(allowed) = self.gateway.allowlists().for_route(route_index) {
             if !ctx.client_ip.is_some_and(|ip| allowed.contains(ip)) {
                 self.gateway.metrics.auth_rejection(AuthLayer::Ip, "not_allowed");
                 return Err(Problem::IpNotAllowed);
             }
         }
+        self.check_client_certificate(session, route)?;
 
         // A declared length over the limit is refused before any upstream is touched.
         let declared = req

@@ -496,3 +496,96 @@ routes:
         format!("{}: valid: 1 listener(s), 1 upstream(s), 2 route(s); admin on 127.0.0.1:19090\n", file.display())
     );
 }
+
+#[test]
+fn client_certificate_settings_are_checked_with_their_paths() {
+    let dir = tempfile::tempdir().unwrap();
+    let pem = write(dir.path(), "x.pem", "exists; parsed when the gateway is built\n");
+    let p = pem.display();
+    let errors = errors_of(&format!(
+        r#"
+listeners:
+  - name: public
+    address: 127.0.0.1:8443
+    tls:
+      cert: {p}
+      key: {p}
+      client_auth: {{ mode: sometimes, ca: [], allowed_names: [" "], pinned_sha256: ["AB:CD"] }}
+  - name: plain
+    address: 127.0.0.1:8080
+admin:
+  address: 127.0.0.1:9090
+upstreams:
+  crm: {{ targets: ["127.0.0.1:9"] }}
+routes:
+  - {{ id: a, match: {{ path: "/a" }}, auth: {{ client_cert: maybe }}, upstream: crm, timeout_ms: 100 }}
+  - {{ id: b, match: {{ path: "/b" }}, auth: {{ client_cert: required, scopes_any: [x] }}, upstream: crm, timeout_ms: 100 }}
+"#
+    ));
+    assert_error(&errors, "listeners[0].tls.client_auth.mode", &["`sometimes`", "required, optional"]);
+    assert_error(&errors, "listeners[0].tls.client_auth.ca", &["required"]);
+    assert_error(&errors, "listeners[0].tls.client_auth.allowed_names[0]", &["must not be empty"]);
+    assert_error(&errors, "listeners[0].tls.client_auth.pinned_sha256[0]", &["64 hex digits"]);
+    assert_error(&errors, "routes[0].auth.client_cert", &["`maybe`"]);
+    assert_error(&errors, "routes[1].auth", &["`scopes_any` / `scopes_all` need `jwt`"]);
+    assert_eq!(errors.len(), 6, "reported:\n{}", render(&errors));
+
+    // Without any listener asking for certificates, a route cannot require one.
+    let errors = errors_of(
+        r#"
+listeners: [{ name: plain, address: 127.0.0.1:8080 }]
+admin: { address: 127.0.0.1:9090 }
+upstreams: { crm: { targets: ["127.0.0.1:9"] } }
+routes:
+  - { id: a, match: { path: "/a" }, auth: { client_cert: required }, upstream: crm, timeout_ms: 100 }
+"#,
+    );
+    assert_error(&errors, "routes[0].auth.client_cert", &["no listener asks for client certificates"]);
+    assert_eq!(errors.len(), 1, "reported:\n{}", render(&errors));
+}
+
+#[test]
+fn listener_tls_files_that_do_not_fit_fail_the_build_with_their_listener() {
+    use seawall::dev_certs::{self, Usage, Validity};
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dev_certs::ca("Listener CA").unwrap();
+    let other_ca = dev_certs::ca("Other CA").unwrap();
+    let server = dev_certs::leaf(&ca, "localhost", &["localhost"], Usage::Server, Validity::default()).unwrap();
+    let stranger = dev_certs::leaf(&ca, "localhost", &["localhost"], Usage::Server, Validity::default()).unwrap();
+    let (cert, key) = server.write(dir.path(), "server").unwrap();
+    let (_, wrong_key) = stranger.write(dir.path(), "stranger").unwrap();
+    let (ca_file, _) = ca.write(dir.path(), "ca").unwrap();
+    let foreign_crl = write(dir.path(), "foreign.crl", "");
+    std::fs::write(&foreign_crl, dev_certs::crl(&other_ca, &[], 7).unwrap().to_pem().unwrap()).unwrap();
+    let stale_crl = write(dir.path(), "stale.crl", "");
+    std::fs::write(&stale_crl, dev_certs::crl(&ca, &[], -1).unwrap().to_pem().unwrap()).unwrap();
+    let listener = |i: usize, key: &Path, crl: &Path| {
+        format!(
+            "  - {{ name: l{i}, address: \"127.0.0.1:{}\", tls: {{ cert: {}, key: {}, client_auth: {{ mode: required, ca: [{}], crl: [{}] }} }} }}\n",
+            8440 + i,
+            cert.display(),
+            key.display(),
+            ca_file.display(),
+            crl.display()
+        )
+    };
+    let good_crl = write(dir.path(), "good.crl", "");
+    std::fs::write(&good_crl, dev_certs::crl(&ca, &[], 7).unwrap().to_pem().unwrap()).unwrap();
+    let yaml = format!(
+        "listeners:\n{}{}{}{}admin: {{ address: 127.0.0.1:9090 }}\n",
+        listener(0, &wrong_key, &good_crl),
+        listener(1, &key, &foreign_crl),
+        listener(2, &key, &stale_crl),
+        listener(3, &key, &good_crl),
+    );
+    let file = write(dir.path(), "seawall.yaml", &yaml);
+    let config = config::load_file(&file, &env_of(&[])).unwrap_or_else(|e| panic!("should parse:\n{}", render(&e)));
+    let errors = match seawall::build(config) {
+        Ok(_) => panic!("mismatched TLS files must not build"),
+        Err(errors) => errors,
+    };
+    assert_error(&errors, "listeners[0].tls", &["is not the private key of the certificate"]);
+    assert_error(&errors, "listeners[1].tls", &["not issued by any of the listener's client CAs"]);
+    assert_error(&errors, "listeners[2].tls", &["expired", "nextUpdate"]);
+    assert_eq!(errors.len(), 3, "reported:\n{}", render(&errors));
+}

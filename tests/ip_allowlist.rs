@@ -72,6 +72,38 @@ async fn allowed_callers_pass_from_inline_lists_and_files() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn allowlist_files_are_read_again_on_reload_and_a_broken_one_is_kept() {
+    let backend = Backend::ok().await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("genesys.json");
+    std::fs::write(&file, r#"{"cidrs":["52.0.0.0/8"]}"#).unwrap();
+    let lists = format!("  callers: {{ files: [\"{}\"] }}", file.display());
+    let gw = TestGateway::start(&config("[]", &lists), &[("BACKEND", backend.addr.to_string())]);
+    let status = || async { reqwest::get(gw.url("/guarded")).await.unwrap().status().as_u16() };
+    assert_eq!(status().await, 403);
+
+    // Genesys published a new range (the test client's own address).
+    std::fs::write(&file, r#"{"cidrs":["52.0.0.0/8","127.0.0.0/8"]}"#).unwrap();
+    let report = seawall::reload::reload_files(&gw.gateway);
+    assert!(report.is_success(), "{:?}", report.failures);
+    assert_eq!(status().await, 200);
+
+    // A half-written file: the reload says so and the list in use stays.
+    std::fs::write(&file, r#"{"cidrs":["52.0.0.0/8","#).unwrap();
+    let report = seawall::reload::reload_files(&gw.gateway);
+    assert!(
+        report.failures.iter().any(|f| f.contains("ip_allowlists.callers") && f.contains("not JSON")),
+        "{report:?}"
+    );
+    assert_eq!(status().await, 200);
+    std::fs::write(&file, r#"{"cidrs":[]}"#).unwrap();
+    assert!(!seawall::reload::reload_files(&gw.gateway).is_success(), "an empty list would lock every caller out");
+    assert_eq!(status().await, 200);
+    let metrics = gw.metrics().await;
+    assert!(metrics.contains(r#"seawall_config_reloads_total{result="failure"} 2"#), "{metrics}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn behind_a_trusted_proxy_the_rightmost_untrusted_hop_decides() {
     let backend = Backend::ok().await;
     // The test client (127.0.0.1) plays the trusted load balancer.

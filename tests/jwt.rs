@@ -173,7 +173,7 @@ routes:
         ("`jwt_providers.d.audiences`", "required"),
         ("`jwt_providers.d.algorithms`", "required"),
         ("`jwt_providers.d`", "exactly one of"),
-        ("`routes[0].auth.client_cert`", "TLS listeners"),
+        ("`routes[0].auth.client_cert`", "no listener asks for client certificates"),
         ("`routes[0].auth.jwt`", "unknown jwt_providers entry `nobody`"),
         ("`routes[0].auth.scopes_any[0]`", "not a scope token"),
     ] {

@@ -26,8 +26,8 @@ routes:
 async fn verified_tls_backend_answers_and_an_unknown_ca_is_502() {
     let dir = tempfile::tempdir().unwrap();
     let ca = certs::ca("test backend CA");
-    let (ca_path, _) = ca.write(dir.path(), "ca");
-    let server = certs::leaf(&ca, "billing.internal", &["billing.internal"], true);
+    let (ca_path, _) = ca.write(dir.path(), "ca").unwrap();
+    let server = certs::leaf(&ca, "billing.internal", &["billing.internal"], certs::Usage::Server);
     let backend = Backend::start_tls(
         |r| {
             let body = format!("{{\"uri\":\"{}\"}}", r.uri);
@@ -47,7 +47,7 @@ async fn verified_tls_backend_answers_and_an_unknown_ca_is_502() {
 
     // Same backend, but the gateway trusts another CA: refused, 502, nothing reaches the backend.
     let other = certs::ca("someone else");
-    let (other_path, _) = other.write(dir.path(), "other-ca");
+    let (other_path, _) = other.write(dir.path(), "other-ca").unwrap();
     let before = backend.received().len();
     let vars = [("BACKEND", backend.addr.to_string()), ("CA", other_path.display().to_string())];
     let gw = TestGateway::start(CONFIG, &vars);
@@ -61,8 +61,8 @@ async fn verified_tls_backend_answers_and_an_unknown_ca_is_502() {
 async fn a_certificate_for_another_name_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let ca = certs::ca("test backend CA");
-    let (ca_path, _) = ca.write(dir.path(), "ca");
-    let wrong_name = certs::leaf(&ca, "crm.internal", &["crm.internal"], true);
+    let (ca_path, _) = ca.write(dir.path(), "ca").unwrap();
+    let wrong_name = certs::leaf(&ca, "crm.internal", &["crm.internal"], certs::Usage::Server);
     let backend = Backend::start_tls(|_| Box::pin(async { common::json(200, "{}") }), &wrong_name).await;
     let vars = [("BACKEND", backend.addr.to_string()), ("CA", ca_path.display().to_string())];
     let gw = TestGateway::start(CONFIG, &vars);

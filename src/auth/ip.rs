@@ -10,6 +10,8 @@ use std::net::IpAddr;
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use iprange::IpRange;
 
+use crate::config::Config;
+
 /// A set of IPv4 and IPv6 networks.
 #[derive(Clone, Default)]
 pub struct CidrSet {
@@ -118,6 +120,75 @@ fn parse_hop(hop: &str) -> Option<IpAddr> {
         return Some(addr.ip());
     }
     hop.strip_prefix('[').and_then(|h| h.split_once(']')).and_then(|(ip, _)| ip.parse().ok())
+}
+
+/// The allowlists routes check, as last loaded: one merged set per list and per route. Built at
+/// start-up from the config, rebuilt on SIGHUP when the lists' files change.
+pub struct Allowlists {
+    lists: Vec<CidrSet>,
+    /// Per route (config order): the union of its lists; `None`: any caller.
+    routes: Vec<Option<CidrSet>>,
+}
+
+impl Allowlists {
+    pub fn new(config: &Config) -> Allowlists {
+        Allowlists::from_lists(config, config.ip_allowlists.iter().map(|l| l.networks.clone()).collect())
+    }
+
+    fn from_lists(config: &Config, lists: Vec<CidrSet>) -> Allowlists {
+        let routes = config
+            .routes
+            .iter()
+            .map(|r| {
+                r.allow_ips.as_ref().map(|indexes| {
+                    let mut union = CidrSet::default();
+                    indexes.iter().for_each(|&i| union.extend(&lists[i]));
+                    union.simplify();
+                    union
+                })
+            })
+            .collect();
+        Allowlists { lists, routes }
+    }
+
+    /// The networks route `route` accepts; `None`: any caller.
+    pub fn for_route(&self, route: usize) -> Option<&CidrSet> {
+        self.routes[route].as_ref()
+    }
+
+    /// Reads every list's files again. A list whose file cannot be read, or lists nothing,
+    /// keeps its current networks; each such failure is returned with its reason.
+    pub fn reload(&self, config: &Config) -> (Allowlists, Vec<String>) {
+        let mut failures = Vec::new();
+        let lists = config
+            .ip_allowlists
+            .iter()
+            .zip(&self.lists)
+            .map(|(list, current)| {
+                let mut set = list.inline.clone();
+                for file in &list.files {
+                    match read_allowlist_file(file) {
+                        Ok(nets) if nets.is_empty() => {
+                            failures.push(format!(
+                                "ip_allowlists.{}: `{}` lists no networks",
+                                list.name,
+                                file.display()
+                            ));
+                            return current.clone();
+                        }
+                        Ok(nets) => nets.into_iter().for_each(|n| set.add(n)),
+                        Err(message) => {
+                            failures.push(format!("ip_allowlists.{}: {message}", list.name));
+                            return current.clone();
+                        }
+                    }
+                }
+                set.simplify();
+                set
+            })
+            .collect();
+        (Allowlists::from_lists(config, lists), failures)
+    }
 }
 
 /// Reads an allowlist file: JSON whose `cidrs` array is read (`seawall genesys ipranges` writes

@@ -78,6 +78,8 @@ pub struct Config {
     pub admin: AdminConfig,
     /// Peers whose `X-Forwarded-For` is believed (the client IP is then read from it).
     pub trusted_proxies: CidrSet,
+    /// Named networks routes accept callers from; their files are read again on SIGHUP.
+    pub ip_allowlists: Vec<AllowlistConfig>,
     pub jwt_providers: Vec<JwtProviderConfig>,
     pub token_issuer: Option<TokenIssuerConfig>,
     pub upstreams: Vec<UpstreamConfig>,
@@ -109,6 +111,49 @@ pub struct LoggingSettings {
 pub struct ListenerConfig {
     pub name: String,
     pub address: SocketAddr,
+    /// `None`: plain HTTP.
+    pub tls: Option<ListenerTlsConfig>,
+}
+
+/// A TLS listener's files (read at start-up and again on SIGHUP) and client certificate policy.
+#[derive(Debug, Clone)]
+pub struct ListenerTlsConfig {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub client_auth: Option<ClientAuthConfig>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ClientAuthConfig {
+    pub mode: ClientAuthMode,
+    /// CA bundles that client certificates must chain to (at least one).
+    pub ca: Vec<PathBuf>,
+    /// Revocation lists checked for the client certificate.
+    pub crl: Vec<PathBuf>,
+    /// CN or DNS SAN values a certificate must carry (empty: any).
+    pub allowed_names: Vec<String>,
+    /// SHA-256 fingerprints of the exact certificates allowed (empty: any).
+    pub pinned_sha256: Vec<[u8; 32]>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientAuthMode {
+    /// The handshake fails without a valid certificate.
+    Required,
+    /// A certificate is checked when sent; routes with `auth.client_cert: required` need one.
+    Optional,
+}
+
+/// An `ip_allowlists` entry.
+#[derive(Debug, Clone)]
+pub struct AllowlistConfig {
+    pub name: String,
+    /// Networks written in the config.
+    pub inline: CidrSet,
+    /// Files read at start-up and on SIGHUP.
+    pub files: Vec<PathBuf>,
+    /// `inline` plus the files' networks as read at start-up.
+    pub networks: CidrSet,
 }
 
 #[derive(Debug, Clone)]
@@ -146,16 +191,18 @@ pub struct RouteConfig {
     pub timeout: Duration,
     pub retries: u32,
     pub max_body_bytes: u64,
-    /// The union of the route's `allow_ips` lists, merged at start-up; `None`: any caller.
-    pub allow_ips: Option<CidrSet>,
+    /// Indexes into [`Config::ip_allowlists`] of the lists the route accepts; `None`: any caller.
+    pub allow_ips: Option<Vec<usize>>,
     pub auth: Option<RouteAuth>,
 }
 
-/// A route's token requirements.
+/// A route's caller requirements: a token, a client certificate, or both.
 #[derive(Debug, Clone)]
 pub struct RouteAuth {
-    /// Index into [`Config::jwt_providers`].
-    pub provider: usize,
+    /// Index into [`Config::jwt_providers`]; `None`: no token needed.
+    pub provider: Option<usize>,
+    /// A verified client certificate allowed by its listener's `allowed_names` / `pinned_sha256`.
+    pub client_cert: bool,
     /// At least one of these scopes (empty: no requirement).
     pub scopes_any: Vec<String>,
     /// Every one of these scopes.

@@ -9,8 +9,9 @@ use http::Method;
 
 use super::schema::{self, Methods, Sections, UpstreamTlsSection};
 use super::{
-    defaults, AdminConfig, Config, ConfigError, JwtProviderConfig, KeySource, ListenerConfig, LogFormat,
-    LoggingSettings, RouteAuth, RouteConfig, ServerSettings, TokenIssuerConfig, UpstreamConfig, UpstreamTls,
+    defaults, AdminConfig, AllowlistConfig, ClientAuthConfig, ClientAuthMode, Config, ConfigError, JwtProviderConfig,
+    KeySource, ListenerConfig, ListenerTlsConfig, LogFormat, LoggingSettings, RouteAuth, RouteConfig, ServerSettings,
+    TokenIssuerConfig, UpstreamConfig, UpstreamTls,
 };
 use crate::auth::ip::{parse_cidr, read_allowlist_file, CidrSet};
 use crate::auth::jwt::parse_algorithm;
@@ -36,49 +37,13 @@ pub(super) fn validate(file: Sections, errors: &mut Vec<ConfigError>) -> Option<
         } else if !names.insert(l.name.as_str()) {
             err(format!("{path}.name"), format!("duplicate listener name `{}`", l.name));
         }
-        if let Some(tls) = &l.tls {
-            check_file(&tls.cert, &format!("{path}.tls.cert"), &mut err);
-            check_file(&tls.key, &format!("{path}.tls.key"), &mut err);
-            if let Some(auth) = &tls.client_auth {
-                if !["required", "optional"].contains(&auth.mode.as_str()) {
-                    err(
-                        format!("{path}.tls.client_auth.mode"),
-                        format!("`{}` is not one of required, optional", auth.mode),
-                    );
-                }
-                for (j, pin) in auth.pinned_sha256.iter().enumerate() {
-                    let hex: String = pin.chars().filter(|c| *c != ':').collect();
-                    if hex.len() != 64 || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
-                        err(
-                            format!("{path}.tls.client_auth.pinned_sha256[{j}]"),
-                            "must be a SHA-256 fingerprint: 64 hex digits (colons allowed)".into(),
-                        );
-                    }
-                }
-                for (j, name) in auth.allowed_names.iter().enumerate() {
-                    if name.trim().is_empty() {
-                        err(format!("{path}.tls.client_auth.allowed_names[{j}]"), "must not be empty".into());
-                    }
-                }
-                for (j, ca) in auth.ca.iter().enumerate() {
-                    check_file(ca, &format!("{path}.tls.client_auth.ca[{j}]"), &mut err);
-                }
-                for (j, crl) in auth.crl.iter().enumerate() {
-                    check_file(crl, &format!("{path}.tls.client_auth.crl[{j}]"), &mut err);
-                }
-            }
-            err(
-                format!("{path}.tls"),
-                "TLS listeners are not supported by this version yet; terminate TLS in front of Seawall or omit `tls`"
-                    .into(),
-            );
-        }
+        let tls = l.tls.as_ref().and_then(|t| listener_tls(&path, t, &mut err));
         match socket_addr(&l.address) {
             Ok(address) => {
                 if !addresses.insert(address) {
                     err(format!("{path}.address"), format!("address `{address}` is used by another listener"));
                 }
-                listeners.push(ListenerConfig { name: l.name.clone(), address });
+                listeners.push(ListenerConfig { name: l.name.clone(), address, tls });
             }
             Err(message) => err(format!("{path}.address"), message),
         }
@@ -102,15 +67,18 @@ pub(super) fn validate(file: Sections, errors: &mut Vec<ConfigError>) -> Option<
     };
 
     let trusted_proxies = cidr_set(&file.trusted_proxies, &[], "trusted_proxies", &mut err);
-    let mut allowlists = std::collections::BTreeMap::new();
+    let mut allowlists = Vec::new();
     for (name, list) in &file.ip_allowlists {
         let Some(list) = list else { continue };
         let path = format!("ip_allowlists.{name}");
-        let set = cidr_set(&list.cidrs, &list.files, &path, &mut err);
-        if set.is_empty() && list.files.is_empty() {
+        let inline = cidr_set(&list.cidrs, &[], &path, &mut err);
+        let mut networks = cidr_set(&[], &list.files, &path, &mut err);
+        networks.extend(&inline);
+        if networks.is_empty() && list.files.is_empty() {
             err(path, "has no networks: it would refuse every caller".into());
         }
-        allowlists.insert(name.as_str(), set);
+        let files = list.files.iter().map(PathBuf::from).collect();
+        allowlists.push(AllowlistConfig { name: name.clone(), inline, files, networks });
     }
 
     let mut jwt_providers = Vec::new();
@@ -146,7 +114,16 @@ pub(super) fn validate(file: Sections, errors: &mut Vec<ConfigError>) -> Option<
         } else if !ids.insert(r.id.as_str()) {
             err(format!("{path}.id"), format!("duplicate route id `{}`", r.id));
         }
-        let known = Known { upstreams: &upstreams, allowlists: &allowlists, jwt_providers: &jwt_providers };
+        let known = Known {
+            upstreams: &upstreams,
+            allowlists: &allowlists,
+            jwt_providers: &jwt_providers,
+            client_auth: file
+                .listeners
+                .iter()
+                .flatten()
+                .any(|l| l.tls.as_ref().is_some_and(|t| t.client_auth.is_some())),
+        };
         if let Some(route) = route(&path, r, &file, &known, &mut err) {
             routes.push(route);
             positions.push(i);
@@ -192,6 +169,7 @@ pub(super) fn validate(file: Sections, errors: &mut Vec<ConfigError>) -> Option<
         listeners,
         admin: admin?,
         trusted_proxies,
+        ip_allowlists: allowlists,
         jwt_providers,
         token_issuer,
         upstreams,
@@ -308,17 +286,17 @@ fn route(
 ) -> Option<RouteConfig> {
     let (upstreams, allowlists) = (known.upstreams, known.allowlists);
     let mut ok = true;
-    let auth = r.auth.as_ref().and_then(|a| route_auth(path, a, file, known.jwt_providers, err));
+    let auth = r.auth.as_ref().and_then(|a| route_auth(path, a, file, known, err));
     if r.auth.is_some() && auth.is_none() {
         ok = false;
     }
     let allow_ips = if r.allow_ips.is_empty() {
         None
     } else {
-        let mut union = CidrSet::default();
+        let mut lists = Vec::new();
         for (i, name) in r.allow_ips.iter().enumerate() {
-            match allowlists.get(name.as_str()) {
-                Some(set) => union.extend(set),
+            match allowlists.iter().position(|l| &l.name == name) {
+                Some(index) => lists.push(index),
                 None if file.ip_allowlists.contains_key(name) => {}
                 None => {
                     let known: Vec<&str> = file.ip_allowlists.keys().map(String::as_str).collect();
@@ -330,8 +308,7 @@ fn route(
                 }
             }
         }
-        union.simplify();
-        Some(union)
+        Some(lists)
     };
     let template = match PathTemplate::parse(&r.matcher.path) {
         Ok(t) => Some(t),
@@ -445,33 +422,54 @@ fn route(
 /// What a route may refer to by name.
 struct Known<'a> {
     upstreams: &'a [UpstreamConfig],
-    allowlists: &'a std::collections::BTreeMap<&'a str, CidrSet>,
+    allowlists: &'a [AllowlistConfig],
     jwt_providers: &'a [JwtProviderConfig],
+    /// Some listener asks for client certificates.
+    client_auth: bool,
 }
 
 fn route_auth(
     path: &str,
     a: &schema::RouteAuthSection,
     file: &Sections,
-    providers: &[JwtProviderConfig],
+    known: &Known<'_>,
     err: &mut impl FnMut(String, String),
 ) -> Option<RouteAuth> {
+    let providers = known.jwt_providers;
     let mut ok = true;
-    if a.client_cert.is_some() {
-        err(
-            format!("{path}.auth.client_cert"),
-            "client certificates need TLS listeners, which this version does not support yet".into(),
-        );
-        ok = false;
-    }
+    let client_cert = match a.client_cert.as_deref() {
+        None | Some("optional") => false,
+        Some("required") if !known.client_auth => {
+            err(
+                format!("{path}.auth.client_cert"),
+                "no listener asks for client certificates: add `tls.client_auth` to a listener".into(),
+            );
+            ok = false;
+            true
+        }
+        Some("required") => true,
+        Some(other) => {
+            err(format!("{path}.auth.client_cert"), format!("`{other}` is not one of required, optional"));
+            ok = false;
+            // Taken as meant to be `required`, so no second error follows from this one.
+            true
+        }
+    };
     let provider = match &a.jwt {
+        None if client_cert && a.scopes_any.is_empty() && a.scopes_all.is_empty() => None,
         None => {
-            err(format!("{path}.auth"), "required: `jwt` (the jwt_providers entry that issues the tokens)".into());
+            let what = if client_cert { "`scopes_any` / `scopes_all` need " } else { "required: " };
+            err(
+                format!("{path}.auth"),
+                format!("{what}`jwt` (the jwt_providers entry that issues the tokens), or `client_cert: required`"),
+            );
+            ok = false;
             None
         }
         Some(name) => match providers.iter().position(|p| &p.name == name) {
             Some(i) => Some(i),
             None => {
+                ok = false;
                 if !file.jwt_providers.contains_key(name) {
                     let known: Vec<&str> = file.jwt_providers.keys().map(String::as_str).collect();
                     err(
@@ -488,7 +486,7 @@ fn route_auth(
     if !ok {
         return None;
     }
-    Some(RouteAuth { provider: provider?, scopes_any: a.scopes_any.clone(), scopes_all: a.scopes_all.clone() })
+    Some(RouteAuth { provider, client_cert, scopes_any: a.scopes_any.clone(), scopes_all: a.scopes_all.clone() })
 }
 
 fn jwt_provider(
@@ -642,6 +640,83 @@ fn host_part(target: &str) -> String {
 }
 
 /// True when the file exists and is readable; otherwise records why.
+/// A listener's `tls` section. The files' contents are parsed when the gateway is built.
+fn listener_tls(
+    path: &str,
+    tls: &schema::ListenerTlsSection,
+    err: &mut impl FnMut(String, String),
+) -> Option<ListenerTlsConfig> {
+    let mut ok = check_file(&tls.cert, &format!("{path}.tls.cert"), err);
+    ok &= check_file(&tls.key, &format!("{path}.tls.key"), err);
+    let client_auth = match &tls.client_auth {
+        None => None,
+        Some(auth) => {
+            let path = format!("{path}.tls.client_auth");
+            let mode = match auth.mode.as_str() {
+                "required" => Some(ClientAuthMode::Required),
+                "optional" => Some(ClientAuthMode::Optional),
+                other => {
+                    err(format!("{path}.mode"), format!("`{other}` is not one of required, optional"));
+                    None
+                }
+            };
+            let mut pins = Vec::new();
+            for (j, pin) in auth.pinned_sha256.iter().enumerate() {
+                match parse_fingerprint(pin) {
+                    Some(pin) => pins.push(pin),
+                    None => {
+                        err(
+                            format!("{path}.pinned_sha256[{j}]"),
+                            "must be a SHA-256 fingerprint: 64 hex digits (colons allowed)".into(),
+                        );
+                        ok = false;
+                    }
+                }
+            }
+            for (j, name) in auth.allowed_names.iter().enumerate() {
+                if name.trim().is_empty() {
+                    err(format!("{path}.allowed_names[{j}]"), "must not be empty".into());
+                    ok = false;
+                }
+            }
+            if auth.ca.is_empty() {
+                err(format!("{path}.ca"), "required: the CA bundle(s) client certificates must chain to".into());
+                ok = false;
+            }
+            for (j, ca) in auth.ca.iter().enumerate() {
+                ok &= check_file(ca, &format!("{path}.ca[{j}]"), err);
+            }
+            for (j, crl) in auth.crl.iter().enumerate() {
+                ok &= check_file(crl, &format!("{path}.crl[{j}]"), err);
+            }
+            Some(ClientAuthConfig {
+                mode: mode?,
+                ca: auth.ca.iter().map(PathBuf::from).collect(),
+                crl: auth.crl.iter().map(PathBuf::from).collect(),
+                allowed_names: auth.allowed_names.iter().map(|n| n.trim().to_ascii_lowercase()).collect(),
+                pinned_sha256: pins,
+            })
+        }
+    };
+    if !ok || (tls.client_auth.is_some() && client_auth.is_none()) {
+        return None;
+    }
+    Some(ListenerTlsConfig { cert: PathBuf::from(&tls.cert), key: PathBuf::from(&tls.key), client_auth })
+}
+
+/// `AB:CD:…` or `abcd…`: 32 bytes.
+fn parse_fingerprint(text: &str) -> Option<[u8; 32]> {
+    let hex: Vec<u8> = text.trim().bytes().filter(|b| *b != b':').collect();
+    if hex.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, pair) in hex.chunks(2).enumerate() {
+        out[i] = u8::from_str_radix(std::str::from_utf8(pair).ok()?, 16).ok()?;
+    }
+    Some(out)
+}
+
 fn check_file(file: &str, path: &str, err: &mut dyn FnMut(String, String)) -> bool {
     match std::fs::metadata(Path::new(file)) {
         Ok(m) if m.is_file() => true,

@@ -1,4 +1,4 @@
-//! Upstreams at run time: target choice (round robin), TLS material loaded once, and the
+//! Upstreams at run time: target choice (round robin), TLS material (reloaded on SIGHUP), and the
 //! per-attempt [`HttpPeer`] whose timeouts never outlive the route deadline. Called from
 //! `upstream_peer`.
 
@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use http::HeaderValue;
 use pingora::tls::pkey::PKey;
 use pingora::tls::x509::X509;
@@ -18,16 +19,18 @@ use pingora::utils::tls::CertKey;
 pub use deadline::Deadline;
 
 use crate::config::{UpstreamConfig, UpstreamTls};
+use crate::tls::expiry::NamedCertificate;
 
 /// Idle upstream connections are closed after this long, before most backends' own idle
 /// timeouts (nginx 75 s, IIS 120 s) so a reused connection is rarely one the backend dropped.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(55);
 
-/// TLS settings loaded from files once.
+/// TLS settings loaded from files, at start-up and again on SIGHUP.
 struct TlsMaterial {
     sni: String,
     ca: Option<Arc<Box<[X509]>>>,
     client: Option<Arc<CertKey>>,
+    certificates: Vec<NamedCertificate>,
 }
 
 pub struct Upstream {
@@ -35,22 +38,40 @@ pub struct Upstream {
     targets: Vec<SocketAddr>,
     next: AtomicUsize,
     host_header: HeaderValue,
-    tls: Option<TlsMaterial>,
+    tls_config: Option<UpstreamTls>,
+    tls: Option<ArcSwap<TlsMaterial>>,
     connect_timeout: Duration,
 }
 
 impl Upstream {
     pub fn new(config: &UpstreamConfig) -> Result<Upstream, String> {
-        let tls = config.tls.as_ref().map(load_tls).transpose()?;
+        let tls = config.tls.as_ref().map(|t| load_tls(&config.name, t)).transpose()?;
         Ok(Upstream {
             name: config.name.clone(),
             targets: config.targets.clone(),
             next: AtomicUsize::new(fastrand::usize(..config.targets.len().max(1))),
             host_header: HeaderValue::from_str(&config.host)
                 .map_err(|_| format!("`{}` cannot be a Host header", config.host))?,
-            tls,
+            tls_config: config.tls.clone(),
+            tls: tls.map(ArcSwap::from_pointee),
             connect_timeout: config.connect_timeout,
         })
+    }
+
+    /// Reads the TLS files again (CA bundle, client certificate and key); on any error the
+    /// current ones stay in use. `Ok(false)`: this upstream has no TLS files.
+    pub fn reload_tls(&self) -> Result<bool, String> {
+        let (Some(config), Some(current)) = (&self.tls_config, &self.tls) else { return Ok(false) };
+        if config.ca.is_none() && config.client_cert.is_none() {
+            return Ok(false);
+        }
+        current.store(Arc::new(load_tls(&self.name, config)?));
+        Ok(true)
+    }
+
+    /// The CA and client certificates in use, for the expiry gauge.
+    pub fn certificates(&self) -> Vec<NamedCertificate> {
+        self.tls.as_ref().map(|t| t.load().certificates.clone()).unwrap_or_default()
     }
 
     /// The `Host` header the upstream expects, built once.
@@ -66,6 +87,7 @@ impl Upstream {
         let mut peer = match &self.tls {
             None => HttpPeer::new(address, false, String::new()),
             Some(tls) => {
+                let tls = tls.load();
                 let mut peer = HttpPeer::new(address, true, tls.sni.clone());
                 peer.options.verify_cert = true;
                 peer.options.verify_hostname = true;
@@ -86,7 +108,8 @@ impl Upstream {
     }
 }
 
-fn load_tls(tls: &UpstreamTls) -> Result<TlsMaterial, String> {
+fn load_tls(upstream: &str, tls: &UpstreamTls) -> Result<TlsMaterial, String> {
+    let mut certificates = Vec::new();
     let ca = match &tls.ca {
         None => None,
         Some(path) => {
@@ -95,6 +118,10 @@ fn load_tls(tls: &UpstreamTls) -> Result<TlsMaterial, String> {
                 .map_err(|e| format!("`{}` is not a PEM certificate bundle: {e}", path.display()))?;
             if certs.is_empty() {
                 return Err(format!("`{}` holds no PEM certificate", path.display()));
+            }
+            for ca in &certs {
+                let name = format!("upstream/{upstream}/ca/{}", crate::tls::client_cert::common_name(ca));
+                certificates.push(NamedCertificate::new(name, ca));
             }
             Some(Arc::new(certs.into_boxed_slice()))
         }
@@ -111,8 +138,9 @@ fn load_tls(tls: &UpstreamTls) -> Result<TlsMaterial, String> {
             if certs.is_empty() {
                 return Err(format!("`{}` holds no PEM certificate", cert_path.display()));
             }
+            certificates.push(NamedCertificate::new(format!("upstream/{upstream}/client"), &certs[0]));
             Some(Arc::new(CertKey::new(certs, key)))
         }
     };
-    Ok(TlsMaterial { sni: tls.sni.clone(), ca, client })
+    Ok(TlsMaterial { sni: tls.sni.clone(), ca, client, certificates })
 }

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod certs;
+pub mod tls_client;
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -30,6 +31,8 @@ pub fn free_port() -> u16 {
 pub struct TestGateway {
     pub addr: SocketAddr,
     pub admin: SocketAddr,
+    /// The running gateway's state (to reload files as SIGHUP does).
+    pub gateway: Arc<seawall::gateway::Gateway>,
     shutdown: Option<ShutdownHandle>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -48,6 +51,7 @@ impl TestGateway {
             .unwrap_or_else(|errors| panic!("test config invalid: {:#?}", errors));
         let built = seawall::build(config).unwrap_or_else(|e| panic!("build failed: {e:?}"));
         let gateway = built.gateway.clone();
+        let built_gateway = built.gateway.clone();
         let (handle, watch) = ShutdownHandle::new();
         let thread = std::thread::spawn(move || built.run(Box::new(watch)));
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -58,6 +62,7 @@ impl TestGateway {
         TestGateway {
             addr: ([127, 0, 0, 1], port).into(),
             admin: ([127, 0, 0, 1], admin_port).into(),
+            gateway: built_gateway,
             shutdown: Some(handle),
             thread: Some(thread),
         }
