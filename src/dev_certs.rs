@@ -65,6 +65,11 @@ impl Default for Validity {
     }
 }
 
+/// A fresh ECDSA P-256 key (ES256 token signing, certificates).
+pub fn signing_key() -> Result<PKey<Private>, ErrorStack> {
+    p256_key()
+}
+
 fn p256_key() -> Result<PKey<Private>, ErrorStack> {
     let group = EcGroup::from_curve_name(Nid::X9_62_PRIME256V1)?;
     PKey::from_ec_key(EcKey::generate(&group)?)

@@ -63,6 +63,9 @@ enum Command {
         /// Admin port (/metrics /healthz /readyz).
         #[arg(long, default_value_t = 9090)]
         admin_port: u16,
+        /// HTTPS port that asks callers for a client certificate (mTLS), as Genesys presents.
+        #[arg(long, default_value_t = 8443)]
+        mtls_port: u16,
     },
 }
 
@@ -101,12 +104,12 @@ fn main() -> ExitCode {
         Command::Genesys { command: GenesysCommand::Ipranges { region, from, output } } => {
             genesys_ipranges(&region, from.as_deref(), output.as_deref())
         }
-        Command::Demo { port, admin_port } => {
-            let ports = DemoPorts { port, admin_port };
+        Command::Demo { port, admin_port, mtls_port } => {
+            let ports = DemoPorts { port, admin_port, mtls_port };
             match demo::build(&ports) {
-                Ok((built, _stats, crm)) => {
+                Ok((built, _stats, crm, material)) => {
                     logging::init(&built.gateway.config.logging);
-                    serve(built, Some(demo::instructions(&ports, crm)))
+                    serve(built, Some(demo::instructions(&ports, crm, &material)))
                 }
                 Err(errors) => config_errors(&errors),
             }

@@ -8,6 +8,7 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::tls_client::TlsClient;
 use common::{free_port, Backend};
 
 fn write_config(dir: &tempfile::TempDir, port: u16, admin: u16, backend: SocketAddr, grace: u64) -> std::path::PathBuf {
@@ -173,9 +174,10 @@ fn an_invalid_or_missing_config_is_exit_1() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_demo_routes_a_lookup_and_times_out_the_hanging_one() {
-    let (port, admin) = (free_port(), free_port());
+    let (port, admin, mtls) = (free_port(), free_port(), free_port());
     let mut child = Command::new(env!("CARGO_BIN_EXE_seawall"))
         .args(["demo", "--port", &port.to_string(), "--admin-port", &admin.to_string()])
+        .args(["--mtls-port", &mtls.to_string()])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -206,6 +208,29 @@ async fn the_demo_routes_a_lookup_and_times_out_the_hanging_one() {
     let admin_route = format!("http://127.0.0.1:{port}/secure/admin/accounts/1001");
     assert_eq!(client.get(&admin_route).bearer_auth(token).send().await.unwrap().status(), 403);
 
+    // The mTLS listener, with the certificates the demo made: no certificate fails the
+    // handshake, another name is 403, the dev Genesys client without a token 401, with one 200.
+    let material = std::env::temp_dir().join(format!("seawall-demo-{}", child.id()));
+    let read = |name: &str| std::fs::read(material.join(name)).unwrap();
+    let ca = openssl::x509::X509::from_pem(&read("ca.pem")).unwrap();
+    let identity = |name: &str| {
+        let cert = openssl::x509::X509::from_pem(&read(&format!("{name}.pem"))).unwrap();
+        let key = openssl::pkey::PKey::private_key_from_pem(&read(&format!("{name}.key"))).unwrap();
+        (cert, key)
+    };
+    let (genesys, other) = (identity("client"), identity("other-client"));
+    let mtls_addr: SocketAddr = ([127, 0, 0, 1], mtls).into();
+    type Identity = (openssl::x509::X509, openssl::pkey::PKey<openssl::pkey::Private>);
+    fn with<'a>(ca: &'a openssl::x509::X509, id: Option<&'a Identity>) -> TlsClient<'a> {
+        TlsClient { ca: Some(ca), identity: id.map(|(c, k)| (c, k)), ..Default::default() }
+    }
+    let caller = |id| with(&ca, id);
+    assert!(caller(None).get(mtls_addr, "/secure/accounts/1001").await.is_err());
+    assert_eq!(caller(Some(&other)).get(mtls_addr, "/secure/accounts/1001").await.unwrap().0, 403);
+    assert_eq!(caller(Some(&genesys)).get(mtls_addr, "/secure/accounts/1001").await.unwrap().0, 401);
+    let mut conn = caller(Some(&genesys)).connect(mtls_addr).await.unwrap();
+    assert_eq!(conn.get_with_token("/secure/accounts/1001", token).await.unwrap().0, 200);
+
     let started = Instant::now();
     let resp = client.get(format!("http://127.0.0.1:{port}/accounts/hang")).send().await.unwrap();
     assert_eq!(resp.status(), 504);
@@ -216,6 +241,7 @@ async fn the_demo_routes_a_lookup_and_times_out_the_hanging_one() {
     child.stdout.take().unwrap().read_to_string(&mut stdout).unwrap();
     assert!(stdout.contains(&format!("curl -i http://127.0.0.1:{port}/accounts/1001")), "{stdout}");
     assert!(stdout.contains("/accounts/hang"), "{stdout}");
+    assert!(stdout.contains(&format!("--cert {}/client.pem", material.display())), "{stdout}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -1,10 +1,12 @@
 //! `seawall demo`: the embedded default. Starts on loopback the gateway (conf/demo.yaml,
-//! embedded in the binary), its admin listener and a simulated legacy CRM on its own port, then
-//! prints ready-to-paste `curl` lines.
+//! embedded in the binary) with a plain and an mTLS listener, its admin listener and a simulated
+//! legacy CRM on its own port, then prints ready-to-paste `curl` lines. Its keys and
+//! certificates are made fresh at each start in a private temp directory.
 
 pub mod crm;
 
 use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use pingora::services::listening::Service;
@@ -18,37 +20,38 @@ pub const DEMO_CONFIG: &str = include_str!("../../conf/demo.yaml");
 pub struct DemoPorts {
     pub port: u16,
     pub admin_port: u16,
+    pub mtls_port: u16,
 }
 
-/// Variables conf/demo.yaml reads: the ports chosen here, then the process environment.
+/// Variables conf/demo.yaml reads: the ports and files chosen here, then the process environment.
 struct DemoEnv {
-    port: u16,
-    admin_port: u16,
+    ports: DemoPorts,
     crm: SocketAddr,
-    issuer_key: String,
-    issuer_pub: String,
+    material: PathBuf,
 }
 
 impl EnvLookup for DemoEnv {
     fn get(&self, name: &str) -> Option<String> {
         match name {
-            "SEAWALL_DEMO_PORT" => Some(self.port.to_string()),
-            "SEAWALL_DEMO_ADMIN_PORT" => Some(self.admin_port.to_string()),
+            "SEAWALL_DEMO_PORT" => Some(self.ports.port.to_string()),
+            "SEAWALL_DEMO_ADMIN_PORT" => Some(self.ports.admin_port.to_string()),
+            "SEAWALL_DEMO_MTLS_PORT" => Some(self.ports.mtls_port.to_string()),
             "SEAWALL_DEMO_CRM" => Some(self.crm.to_string()),
-            "SEAWALL_DEMO_ISSUER_KEY" => Some(self.issuer_key.clone()),
-            "SEAWALL_DEMO_ISSUER_PUB" => Some(self.issuer_pub.clone()),
+            "SEAWALL_DEMO_CERTS" => Some(self.material.display().to_string()),
             other => ProcessEnv.get(other),
         }
     }
 }
 
-/// Builds the demo: gateway plus the simulated CRM service on a free loopback port.
-pub fn build(ports: &DemoPorts) -> Result<(Built, Arc<crm::CrmStats>, SocketAddr), Vec<ConfigError>> {
+/// Builds the demo: gateway plus the simulated CRM service on a free loopback port. Also
+/// returns the folder holding the demo's keys and certificates.
+pub fn build(ports: &DemoPorts) -> Result<(Built, Arc<crm::CrmStats>, SocketAddr, PathBuf), Vec<ConfigError>> {
     let crm_address = free_loopback_port()
         .map_err(|e| vec![ConfigError::at("", format!("cannot find a free port for the demo CRM: {e}"))])?;
-    let (issuer_key, issuer_pub) = demo_signing_key()
-        .map_err(|e| vec![ConfigError::at("", format!("cannot make the demo's signing key: {e}"))])?;
-    let env = DemoEnv { port: ports.port, admin_port: ports.admin_port, crm: crm_address, issuer_key, issuer_pub };
+    let material = demo_material()
+        .map_err(|e| vec![ConfigError::at("", format!("cannot make the demo's keys and certificates: {e}"))])?;
+    let ports = DemoPorts { port: ports.port, admin_port: ports.admin_port, mtls_port: ports.mtls_port };
+    let env = DemoEnv { ports, crm: crm_address, material: material.clone() };
     let config = config::load_str(DEMO_CONFIG, &env)?;
     let mut built = crate::build(config)?;
     let stats = Arc::new(crm::CrmStats::default());
@@ -56,24 +59,47 @@ pub fn build(ports: &DemoPorts) -> Result<(Built, Arc<crm::CrmStats>, SocketAddr
     service.add_tcp(&crm_address.to_string());
     service.threads = Some(1);
     built.server.add_service(service);
-    Ok((built, stats, crm_address))
+    Ok((built, stats, crm_address, material))
 }
 
-/// A fresh ES256 key pair for the demo's token issuer, in a private temp directory.
-fn demo_signing_key() -> Result<(String, String), String> {
-    use openssl::ec::{EcGroup, EcKey};
-    use openssl::pkey::PKey;
-    let group = EcGroup::from_curve_name(openssl::nid::Nid::X9_62_PRIME256V1).map_err(|e| e.to_string())?;
-    let key = PKey::from_ec_key(EcKey::generate(&group).map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
+/// The files `certs/make-dev-certs.sh` makes, made in-process in a private temp directory: the
+/// issuer's ES256 key pair, a dev CA, a server certificate for localhost, the Genesys-like dev
+/// client (`dataactions.dev.local`) and a client the demo listener does not allow.
+fn demo_material() -> Result<PathBuf, String> {
+    use crate::dev_certs::{self, Usage, Validity};
     use std::os::unix::fs::DirBuilderExt;
-    // The private key stays readable by this user only.
     let dir = std::env::temp_dir().join(format!("seawall-demo-{}", std::process::id()));
+    // The private keys stay readable by this user only.
     std::fs::DirBuilder::new().recursive(true).mode(0o700).create(&dir).map_err(|e| e.to_string())?;
-    let private = dir.join("issuer-es256.pem");
-    let public = dir.join("issuer-es256.pub.pem");
-    std::fs::write(&private, key.private_key_to_pem_pkcs8().map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
-    std::fs::write(&public, key.public_key_to_pem().map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
-    Ok((private.display().to_string(), public.display().to_string()))
+    let issuer = dev_certs::signing_key().map_err(|e| e.to_string())?;
+    write_private(&dir.join("issuer-es256.pem"), &issuer.private_key_to_pem_pkcs8().map_err(|e| e.to_string())?)?;
+    std::fs::write(dir.join("issuer-es256.pub.pem"), issuer.public_key_to_pem().map_err(|e| e.to_string())?)
+        .map_err(|e| e.to_string())?;
+    let ca = dev_certs::ca("Seawall demo CA").map_err(|e| e.to_string())?;
+    ca.write(&dir, "ca").map_err(|e| e.to_string())?;
+    let valid = Validity { from_days: -1, to_days: 30 };
+    for (name, cn, usage) in [
+        ("server", "localhost", Usage::Server),
+        ("client", "dataactions.dev.local", Usage::Client),
+        ("other-client", "someone-else.dev.local", Usage::Client),
+    ] {
+        let issued = dev_certs::leaf(&ca, cn, &[cn], usage, valid).map_err(|e| e.to_string())?;
+        issued.write(&dir, name).map_err(|e| e.to_string())?;
+    }
+    Ok(dir)
+}
+
+fn write_private(path: &Path, pem: &[u8]) -> Result<(), String> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| format!("cannot write `{}`: {e}", path.display()))?;
+    file.write_all(pem).map_err(|e| format!("cannot write `{}`: {e}", path.display()))
 }
 
 fn free_loopback_port() -> std::io::Result<SocketAddr> {
@@ -81,9 +107,11 @@ fn free_loopback_port() -> std::io::Result<SocketAddr> {
 }
 
 /// The lines printed once the demo is up.
-pub fn instructions(ports: &DemoPorts, crm: SocketAddr) -> String {
+pub fn instructions(ports: &DemoPorts, crm: SocketAddr, material: &Path) -> String {
     let gw = format!("http://127.0.0.1:{}", ports.port);
     let admin = format!("http://127.0.0.1:{}", ports.admin_port);
+    let mtls = format!("https://localhost:{}", ports.mtls_port);
+    let m = material.display();
     format!(
         "\nSeawall demo is up: gateway {gw}, admin {admin}, simulated CRM {crm} ({} concurrent lookups at full speed).\n\
          Try:\n\
@@ -104,6 +132,13 @@ pub fn instructions(ports: &DemoPorts, crm: SocketAddr) -> String {
          curl -i -H \"Authorization: Bearer $TOKEN\" {gw}/secure/accounts/1001\n  \
          curl -i -H \"Authorization: Bearer $TOKEN\" {gw}/secure/admin/accounts/1001\n  \
          # or: TOKEN=$(seawall token --client-id genesys-demo --secret demo-secret-change-me --url {gw}/oauth/token)\n\
+         \n  # mTLS, as Genesys data actions call: the {mtls} listener wants a client certificate from\n  \
+         # the demo CA named dataactions.dev.local (files in {m}). No certificate: the handshake fails;\n  \
+         # a certificate of that CA with another name: 403; the right one and no token: 401; with one: 200\n  \
+         curl -i --cacert {m}/ca.pem {mtls}/secure/accounts/1001\n  \
+         curl -i --cacert {m}/ca.pem --cert {m}/other-client.pem --key {m}/other-client.key {mtls}/secure/accounts/1001\n  \
+         curl -i --cacert {m}/ca.pem --cert {m}/client.pem --key {m}/client.key {mtls}/secure/accounts/1001\n  \
+         curl -i --cacert {m}/ca.pem --cert {m}/client.pem --key {m}/client.key -H \"Authorization: Bearer $TOKEN\" {mtls}/secure/accounts/1001\n\
          \n  # what the CRM has served, and the gateway's metrics\n  \
          curl -s http://{crm}/crm/stats; echo\n  \
          curl -s {admin}/metrics | grep ^seawall_\n\

@@ -73,7 +73,15 @@ impl TlsConnection {
 
     /// Sends a GET with keep-alive and reads the answer (`Content-Length` bodies).
     pub async fn get(&mut self, path: &str) -> Result<(u16, String), String> {
-        let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n");
+        self.send(&format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n")).await
+    }
+
+    /// The same with a bearer token.
+    pub async fn get_with_token(&mut self, path: &str, token: &str) -> Result<(u16, String), String> {
+        self.send(&format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {token}\r\n\r\n")).await
+    }
+
+    async fn send(&mut self, request: &str) -> Result<(u16, String), String> {
         self.stream.write_all(request.as_bytes()).await.map_err(|e| format!("write: {e}"))?;
         let mut buf = Vec::new();
         let head_end = loop {
