@@ -49,6 +49,11 @@ class Scenario:
     bearer: bool = False
     # Peers that can run it (None: all).
     peers: tuple = None
+    # Which listener: "plain" (HTTP), "tls" (HTTPS, ECDSA P-256) or "mtls" (HTTPS that requires a
+    # client certificate; driven by oha, as wrk cannot present one).
+    listener: str = "plain"
+    # A new connection, so a new full TLS handshake, for every request (no session resumption).
+    new_connection: bool = False
 
 
 SCENARIOS = [
@@ -61,6 +66,14 @@ SCENARIOS = [
     # nginx (open source) has no JWT check.
     Scenario("genesys_route", "GET, IP allowlist + JWT RS256, small JSON, 50 connections", "/secure",
              bearer=True, peers=("seawall", "haproxy")),
+    Scenario("tls_small", "HTTPS keep-alive (ECDSA P-256, TLS 1.3), small JSON, 50 connections", "/small",
+             listener="tls"),
+    Scenario("tls_handshake", "HTTPS, a new connection and full handshake per request, 50 connections", "/small",
+             listener="tls", new_connection=True),
+    Scenario("mtls_small", "HTTPS + client certificate, keep-alive, small JSON, 50 connections", "/small",
+             listener="mtls"),
+    Scenario("mtls_handshake", "HTTPS + client certificate, full handshake per request, 50 connections", "/small",
+             listener="mtls", new_connection=True),
 ]
 
 JWT_ISSUER = "https://idp.loadtest"
@@ -109,6 +122,7 @@ def parse_oha(text):
         "p99_ms": (pct.get("p99") or 0) * 1000,
         "p999_ms": (pct.get("p99.9") or 0) * 1000,
         "rps": data["summary"]["requestsPerSec"],
+        "requests": sum(int(n) for n in codes.values()),
         "errors": errors,
         "error_kinds": {**{f"status {c}": int(n) for c, n in codes.items() if not str(c).startswith("2")},
                         **{k: int(n) for k, n in data.get("errorDistribution", {}).items() if k != OHA_CUT_OFF}},
@@ -163,8 +177,29 @@ http {{
 """
 
 
-def nginx_conf(port, backend_port, workdir, access_log):
+def nginx_conf(port, backend_port, workdir, access_log, tls_ports=None):
     log = f"access_log {workdir}/nginx-access.log;" if access_log else "access_log off;"
+    proxy = """
+        location / {
+            proxy_pass http://backend;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+        }"""
+    tls = ""
+    if tls_ports:
+        certs = (f"ssl_certificate {workdir}/server.pem; ssl_certificate_key {workdir}/server.key; "
+                 "ssl_protocols TLSv1.2 TLSv1.3;")
+        tls = f"""
+    server {{
+        listen 127.0.0.1:{tls_ports[0]} ssl backlog=65535;
+        {certs}{proxy}
+    }}
+    server {{
+        listen 127.0.0.1:{tls_ports[1]} ssl backlog=65535;
+        {certs}
+        ssl_client_certificate {workdir}/ca.pem; ssl_verify_client on; ssl_session_tickets off;{proxy}
+    }}"""
     return f"""
 worker_processes 1;
 daemon off;
@@ -182,26 +217,28 @@ http {{
         keepalive_requests 1000000;
     }}
     server {{
-        listen 127.0.0.1:{port} backlog=65535;
-        location / {{
-            proxy_pass http://backend;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
-        }}
-    }}
+        listen 127.0.0.1:{port} backlog=65535;{proxy}
+    }}{tls}
 }}
 """
 
 
-def haproxy_conf(port, backend_port, workdir, access_log):
+def haproxy_conf(port, backend_port, workdir, access_log, tls_ports=None):
     log = "log stdout format raw local0\n    option httplog" if access_log else "no log"
+    tls = ""
+    if tls_ports:
+        tls = (f"\n    bind 127.0.0.1:{tls_ports[0]} ssl crt {workdir}/server-combined.pem ssl-min-ver TLSv1.2 backlog 65535"
+               f"\n    bind 127.0.0.1:{tls_ports[1]} ssl crt {workdir}/server-combined.pem ssl-min-ver TLSv1.2"
+               f" ca-file {workdir}/ca.pem verify required no-tls-tickets backlog 65535")
     return f"""
 global
     nbthread 1
     ulimit-n {NOFILE}
     no strict-limits
     maxconn {IDLE_CONNECTIONS + 100}
+    # No TLS session cache: with it, the mTLS handshake scenario would resume sessions (TLS 1.3
+    # stateful tickets) where nginx and Seawall make full handshakes.
+    tune.ssl.cachesize 0
     pidfile {workdir}/haproxy.pid
 defaults
     mode http
@@ -214,7 +251,7 @@ defaults
     timeout server 300s
     timeout http-keep-alive 300s
 frontend public
-    bind 127.0.0.1:{port} backlog 65535
+    bind 127.0.0.1:{port} backlog 65535{tls}
     acl secure path /secure
     http-request deny if secure !{{ src 127.0.0.0/8 }}
     http-request set-var(txn.bearer) http_auth_bearer if secure
@@ -231,7 +268,19 @@ backend be
 """
 
 
-def seawall_conf(port, admin_port, backend_port, access_log, workdir="/tmp"):
+def seawall_conf(port, admin_port, backend_port, access_log, workdir="/tmp", tls_ports=None):
+    tls = ""
+    if tls_ports:
+        tls = f"""
+  - name: tls
+    address: "127.0.0.1:{tls_ports[0]}"
+    tls: {{ cert: "{workdir}/server.pem", key: "{workdir}/server.key" }}
+  - name: mtls
+    address: "127.0.0.1:{tls_ports[1]}"
+    tls:
+      cert: "{workdir}/server.pem"
+      key: "{workdir}/server.key"
+      client_auth: {{ mode: required, ca: ["{workdir}/ca.pem"] }}"""
     return f"""
 server:
   threads: 1
@@ -243,7 +292,7 @@ logging:
   access_log: {str(access_log).lower()}
 listeners:
   - name: public
-    address: "127.0.0.1:{port}"
+    address: "127.0.0.1:{port}"{tls}
 admin:
   address: "127.0.0.1:{admin_port}"
 ip_allowlists:
@@ -304,6 +353,30 @@ def make_jwt(workdir, lifetime_secs=86400):
     return f"{header}.{payload}.{b64url(signature)}"
 
 
+def make_tls_material(workdir):
+    """With the openssl CLI: a CA, an ECDSA P-256 server certificate for 127.0.0.1 / localhost, a
+    client certificate, and the server's certificate + key in one file (HAProxy's `crt`)."""
+    def run(*argv):
+        subprocess.run(argv, check=True, capture_output=True, cwd=workdir)
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"]
+    run("openssl", "req", "-x509", *ec, "-days", "30", "-subj", "/CN=loadtest CA", "-keyout", "ca.key",
+        "-out", "ca.pem", "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign")
+    for name, cn, san, usage in [("server", "localhost", "DNS:localhost,IP:127.0.0.1", "serverAuth"),
+                                 ("client", "dataactions.loadtest", "DNS:dataactions.loadtest", "clientAuth")]:
+        run("openssl", "req", *ec, "-subj", f"/CN={cn}", "-keyout", f"{name}.key", "-out", f"{name}.csr")
+        ext = os.path.join(workdir, f"{name}.ext")
+        with open(ext, "w") as f:
+            f.write(f"subjectAltName={san}\nextendedKeyUsage={usage}\nbasicConstraints=CA:FALSE\n")
+        run("openssl", "x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+            "-days", "30", "-extfile", ext, "-out", f"{name}.pem")
+    with open(os.path.join(workdir, "server-combined.pem"), "w") as out:
+        for part in ("server.pem", "server.key"):
+            with open(os.path.join(workdir, part)) as f:
+                out.write(f.read())
+    for name in ("ca.pem", "server.pem", "client.pem", "client.key"):
+        os.chmod(os.path.join(workdir, name), 0o644)
+
+
 def wrk_post_script(body_bytes):
     filler = "x" * max(0, body_bytes - len('{"note":""}'))
     return (
@@ -351,6 +424,8 @@ class Peer:
     logfile: str
     proc: subprocess.Popen = None
     pids: list = field(default_factory=list)
+    # listener kind -> port ("plain" is `port`)
+    ports: dict = field(default_factory=dict)
 
     def start(self):
         out = open(self.logfile, "ab")
@@ -364,7 +439,7 @@ class Peer:
 
     def stop(self):
         if self.proc and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGINT if self.name == "seawall" else signal.SIGTERM)
+            os.killpg(self.proc.pid, signal.SIGTERM if self.name in ("nginx", "haproxy") else signal.SIGINT)
             try:
                 self.proc.wait(timeout=10)
             except subprocess.TimeoutExpired:
@@ -404,54 +479,82 @@ def process_tree(pid):
     return pids
 
 
-def make_peers(names, seawall_bin, backend_port, workdir, access_log):
+def make_peers(names, seawall_bin, backend_port, workdir, access_log, variants=None):
+    """`variants` maps extra peer names to other Seawall binaries (A/B runs: `--variant`)."""
+    variants = variants or {}
     peers = []
     tag = "logs" if access_log else "nologs"
     for name in names:
         port = free_port()
+        tls_ports = (free_port(), free_port())
         logfile = os.path.join(workdir, f"{name}-{tag}.out")
-        if name == "seawall":
-            conf = os.path.join(workdir, f"seawall-{tag}.yaml")
+        if name == "seawall" or name in variants:
+            conf = os.path.join(workdir, f"{name}-{tag}.yaml")
             with open(conf, "w") as f:
-                f.write(seawall_conf(port, free_port(), backend_port, access_log, workdir))
-            argv = [seawall_bin, "run", "-c", conf]
+                f.write(seawall_conf(port, free_port(), backend_port, access_log, workdir, tls_ports))
+            argv = [variants.get(name, seawall_bin), "run", "-c", conf]
         elif name == "nginx":
             conf = os.path.join(workdir, f"nginx-{tag}.conf")
             with open(conf, "w") as f:
-                f.write(nginx_conf(port, backend_port, workdir, access_log))
+                f.write(nginx_conf(port, backend_port, workdir, access_log, tls_ports))
             argv = [shutil.which("nginx") or "/usr/sbin/nginx", "-c", conf, "-p", workdir, "-e", os.path.join(workdir, "nginx-error.log")]
         elif name == "haproxy":
             conf = os.path.join(workdir, f"haproxy-{tag}.cfg")
             with open(conf, "w") as f:
-                f.write(haproxy_conf(port, backend_port, workdir, access_log))
+                f.write(haproxy_conf(port, backend_port, workdir, access_log, tls_ports))
             argv = [shutil.which("haproxy") or "/usr/sbin/haproxy", "-db", "-f", conf]
         else:
             raise ValueError(f"unknown peer {name}")
-        peers.append(Peer(name, port, argv, workdir, logfile))
+        peers.append(Peer(name, port, argv, workdir, logfile,
+                          ports={"plain": port, "tls": tls_ports[0], "mtls": tls_ports[1]}))
     return peers
 
 
 # ---------------------------------------------------------------- measurements
 
+def run_load(peer, scenario, duration, workdir, token=None):
+    """Closed loop: wrk, or oha where a client certificate is needed."""
+    port = peer.ports.get(scenario.listener, peer.port)
+    if scenario.listener == "mtls":
+        return run_oha_closed(port, scenario, duration, workdir)
+    return run_wrk(port, scenario, duration, workdir, token)
+
+
+def run_oha_closed(port, scenario, duration, workdir):
+    argv = ["taskset", "-c", LOAD_CORE, "oha", "-z", f"{duration}s", "-c", str(scenario.connections), "--no-tui",
+            "--output-format", "json", "--cacert", f"{workdir}/ca.pem", "--cert", f"{workdir}/client.pem",
+            "--key", f"{workdir}/client.key"]
+    if scenario.new_connection:
+        argv.append("--disable-keepalive")
+    argv.append(f"https://127.0.0.1:{port}{scenario.path}")
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 60, preexec_fn=raise_nofile)
+    if out.returncode != 0:
+        raise RuntimeError("oha failed: " + out.stderr[:300])
+    return parse_oha(out.stdout)
+
+
 def run_wrk(port, scenario, duration, workdir, token=None):
     argv = ["taskset", "-c", LOAD_CORE, "wrk", "-t1", f"-c{scenario.connections}", f"-d{duration}s", "--timeout", "5s"]
     if scenario.bearer:
         argv += ["-H", f"Authorization: Bearer {token}"]
+    if scenario.new_connection:
+        argv += ["-H", "Connection: close"]
     if scenario.method == "POST":
         script = os.path.join(workdir, f"post-{scenario.body_bytes}.lua")
         with open(script, "w") as f:
             f.write(wrk_post_script(scenario.body_bytes))
         argv += ["-s", script]
-    argv.append(f"http://127.0.0.1:{port}{scenario.path}")
+    scheme = "http" if scenario.listener == "plain" else "https"
+    argv.append(f"{scheme}://127.0.0.1:{port}{scenario.path}")
     out = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 60, preexec_fn=raise_nofile)
     return parse_wrk(out.stdout)
 
 
 def measure(peer, scenario, duration, workdir, token=None):
     # warm-up: connections, pools, caches
-    run_wrk(peer.port, scenario, 1, workdir, token)
+    run_load(peer, scenario, 1, workdir, token)
     before = peer.cpu_ticks()
-    result = run_wrk(peer.port, scenario, duration, workdir, token)
+    result = run_load(peer, scenario, duration, workdir, token)
     after = peer.cpu_ticks()
     cpu_seconds = (after - before) / CLK_TCK
     result["cpu_us_per_request"] = cpu_seconds * 1e6 / result["requests"] if result["requests"] else float("nan")
@@ -601,7 +704,10 @@ def main(argv=None):
     ap.add_argument("--smoke", action="store_true", help="1 s per scenario, 1 round, at most 200 connections, no logs table")
     ap.add_argument("--out", default=os.path.dirname(os.path.abspath(__file__)))
     ap.add_argument("--command", default="loadtest/run", help="the command line quoted in RESULTS.md")
+    ap.add_argument("--variant", action="append", default=[], metavar="NAME=PATH",
+                    help="another Seawall binary measured as peer NAME in the same run (before/after A/B)")
     args = ap.parse_args(argv)
+    alternatives = dict(v.split("=", 1) for v in args.variant)
     args.latency_rates = [int(r) for r in args.latency_rates.split(",") if r]
     if args.latency and not shutil.which("oha"):
         print("loadtest: oha not found (cargo install oha --locked); skipping latency", file=sys.stderr)
@@ -609,7 +715,11 @@ def main(argv=None):
 
     wanted = args.scenarios.split(",")
     scenarios = [s for s in SCENARIOS if s.name in wanted]
-    peers = args.peers.split(",")
+    if not shutil.which("oha") and any(s.listener == "mtls" for s in scenarios):
+        print("loadtest: oha not found; skipping the mTLS scenarios (wrk cannot send a client certificate)",
+              file=sys.stderr)
+        scenarios = [s for s in scenarios if s.listener != "mtls"]
+    peers = args.peers.split(",") + [name for name in alternatives if name not in args.peers.split(",")]
     if args.smoke:
         args.rounds, args.duration, args.no_logs_table, args.latency = 1, 1, True, False
         scenarios = [s for s in scenarios if s.connections <= 200]
@@ -622,6 +732,7 @@ def main(argv=None):
         f.write('{"data":"' + "x" * (16 * 1024 - 11) + '"}')
     os.chmod(os.path.join(workdir, "16k.json"), 0o644)
     token = make_jwt(workdir)
+    make_tls_material(workdir)
     backend_port = free_port()
     with open(os.path.join(workdir, "backend.conf"), "w") as f:
         f.write(backend_nginx_conf(backend_port, workdir))
@@ -637,7 +748,7 @@ def main(argv=None):
         variants = [("nologs", False)] + ([] if args.no_logs_table else [("logs", True)])
         for tag, access_log in variants:
             runs = {}
-            live = make_peers(peers, args.seawall, backend_port, workdir, access_log)
+            live = make_peers(peers, args.seawall, backend_port, workdir, access_log, alternatives)
             for p in live:
                 p.start()
             try:
@@ -704,6 +815,7 @@ def main(argv=None):
 
 
 def write_report(report, scenarios, peers, out, smoke):
+    os.makedirs(out, exist_ok=True)
     name = "results-smoke.json" if smoke else "results.json"
     with open(os.path.join(out, name), "w") as f:
         json.dump(report, f, indent=2)

@@ -69,6 +69,7 @@ class OhaTest(unittest.TestCase):
         self.assertAlmostEqual(r["p999_ms"], 4.0)
         self.assertAlmostEqual(r["rps"], 9999.5)
         self.assertEqual(r["errors"], 5)
+        self.assertEqual(r["requests"], 79993)
         self.assertEqual(r["error_kinds"], {"status 502": 3, "connection closed": 2})
 
     def test_plot_script_has_a_line_per_peer_and_percentile(self):
@@ -125,15 +126,62 @@ class ConfigTest(unittest.TestCase):
         for s in harness.SCENARIOS:
             self.assertIn(f"location = {s.path} ", conf, s.name)
 
+    def test_tls_listeners_match_each_other(self):
+        with tempfile.TemporaryDirectory() as d:
+            ports = (1100, 1101)
+            n = harness.nginx_conf(1000, 2000, d, access_log=False, tls_ports=ports)
+            h = harness.haproxy_conf(1001, 2000, d, access_log=False, tls_ports=ports)
+            s = harness.seawall_conf(1002, 1003, 2000, access_log=False, workdir=d, tls_ports=ports)
+        for text in (n, h, s):
+            self.assertIn("127.0.0.1:1100", text)
+            self.assertIn("127.0.0.1:1101", text)
+            self.assertIn(f"{d}/ca.pem", text)
+        self.assertIn("ssl_verify_client on", n)
+        self.assertIn("ssl_session_tickets off", n)
+        self.assertIn("verify required no-tls-tickets", h)
+        self.assertIn("mode: required", s)
+        self.assertNotIn("1100", harness.seawall_conf(1002, 1003, 2000, access_log=False, workdir=d))
+
+    def test_tls_material_has_a_server_and_a_client_of_one_ca(self):
+        with tempfile.TemporaryDirectory() as d:
+            harness.make_tls_material(d)
+            for name in ("server", "client"):
+                out = subprocess.run(["openssl", "verify", "-CAfile", "ca.pem", f"{name}.pem"], cwd=d,
+                                     capture_output=True, text=True)
+                self.assertEqual(out.returncode, 0, out.stdout + out.stderr)
+            with open(os.path.join(d, "server-combined.pem")) as f:
+                combined = f.read()
+        self.assertIn("BEGIN CERTIFICATE", combined)
+        self.assertIn("PRIVATE KEY", combined)
+
+    def test_new_connection_scenarios_close_each_connection(self):
+        calls = []
+        real_run = harness.subprocess.run
+        harness.subprocess.run = lambda argv, **kw: calls.append(argv) or type("R", (), {"stdout": "", "returncode": 0})()
+        try:
+            scenario = next(s for s in harness.SCENARIOS if s.name == "tls_handshake")
+            with self.assertRaises(ValueError):
+                harness.run_wrk(1, scenario, 1, "/tmp")
+            scenario = next(s for s in harness.SCENARIOS if s.name == "mtls_handshake")
+            with self.assertRaises(Exception):
+                harness.run_oha_closed(1, scenario, 1, "/tmp")
+        finally:
+            harness.subprocess.run = real_run
+        self.assertIn("Connection: close", calls[0])
+        self.assertEqual(calls[0][-1], "https://127.0.0.1:1/small")
+        self.assertIn("--disable-keepalive", calls[1])
+        self.assertIn("--cert", calls[1])
+
     def test_seawall_config_validates(self):
         binary = os.environ.get("SEAWALL_BIN")
         if not binary:
             self.skipTest("SEAWALL_BIN not set")
         with tempfile.TemporaryDirectory() as d:
             harness.make_jwt(d)
+            harness.make_tls_material(d)
             path = os.path.join(d, "seawall.yaml")
             with open(path, "w") as f:
-                f.write(harness.seawall_conf(18001, 18002, 18003, access_log=True, workdir=d))
+                f.write(harness.seawall_conf(18001, 18002, 18003, access_log=True, workdir=d, tls_ports=(18007, 18008)))
             out = subprocess.run([binary, "validate", "-c", path], capture_output=True, text=True)
         self.assertEqual(out.returncode, 0, out.stderr)
 
@@ -142,8 +190,10 @@ class ConfigTest(unittest.TestCase):
         if not os.path.exists(nginx):
             self.skipTest("nginx not installed")
         with tempfile.TemporaryDirectory() as d:
+            harness.make_tls_material(d)
             for name, text in [("b.conf", harness.backend_nginx_conf(18004, d)),
-                               ("p.conf", harness.nginx_conf(18005, 18004, d, access_log=True))]:
+                               ("p.conf", harness.nginx_conf(18005, 18004, d, access_log=True,
+                                                             tls_ports=(18009, 18010)))]:
                 path = os.path.join(d, name)
                 with open(path, "w") as f:
                     f.write(text)
@@ -157,9 +207,10 @@ class ConfigTest(unittest.TestCase):
             self.skipTest("haproxy not installed")
         with tempfile.TemporaryDirectory() as d:
             harness.make_jwt(d)
+            harness.make_tls_material(d)
             path = os.path.join(d, "h.cfg")
             with open(path, "w") as f:
-                f.write(harness.haproxy_conf(18006, 18004, d, access_log=True))
+                f.write(harness.haproxy_conf(18006, 18004, d, access_log=True, tls_ports=(18011, 18012)))
             out = subprocess.run([haproxy, "-c", "-f", path], capture_output=True, text=True)
         self.assertEqual(out.returncode, 0, out.stdout + out.stderr)
 
