@@ -22,6 +22,8 @@ pub struct Forwarded<'a> {
     pub request_id: &'a HeaderValue,
     /// The upstream's own `host:port`.
     pub upstream_host: &'a HeaderValue,
+    /// The caller came over TLS: `X-Forwarded-Proto: https`.
+    pub tls: bool,
 }
 
 /// Sets the forwarding headers on the upstream request. What the caller sent in
@@ -42,7 +44,7 @@ pub fn upstream_request(req: &mut RequestHeader, f: &Forwarded<'_>) -> Result<()
         let _ = write!(value, "{ip}");
         req.insert_header("x-forwarded-for", value)?;
     }
-    req.insert_header("x-forwarded-proto", "http")?;
+    req.insert_header("x-forwarded-proto", if f.tls { "https" } else { "http" })?;
     req.insert_header("x-request-id", f.request_id.clone())?;
     Ok(())
 }
@@ -81,6 +83,7 @@ mod tests {
             peer_ip: Some("192.0.2.7".parse().unwrap()),
             request_id: &id,
             upstream_host: &upstream,
+            tls: false,
         };
         upstream_request(&mut req, &f).unwrap();
         assert_eq!(req.headers["x-forwarded-for"], "203.0.113.1, 198.51.100.2, 192.0.2.7");

@@ -425,6 +425,7 @@ impl ProxyHttp for SeawallProxy {
             peer_ip: ctx.peer_ip,
             request_id: &ctx.request_id,
             upstream_host: upstream.host_header(),
+            tls: session.digest().is_some_and(|d| d.ssl_digest.is_some()),
         };
         forwarding::upstream_request(upstream_request, &forwarded)?;
         Ok(())

@@ -129,6 +129,9 @@ async fn https_serves_http1_and_http2_over_tls_1_2_or_later_only() {
     let tls11 = TlsClient { max_version: Some(openssl::ssl::SslVersion::TLS1_1), ..pki.caller(None) };
     assert!(tls11.connect(gw.addr).await.is_err(), "TLS 1.1 must be refused");
 
+    let seen = backend.received().last().unwrap().clone();
+    assert_eq!(seen.header("x-forwarded-proto"), Some("https"));
+
     let metrics = gw.metrics().await;
     let expiry = metrics
         .lines()
