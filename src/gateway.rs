@@ -11,8 +11,10 @@ use crate::auth::ip::Allowlists;
 use crate::auth::issuer::TokenIssuer;
 use crate::auth::jwks::JwksSource;
 use crate::auth::jwt::{key_from_pem, keys_from_jwks, JwtProvider, ProviderKey, ProviderSettings};
+use crate::clock::Clock;
 use crate::config::{Config, ConfigError, JwtProviderConfig, KeySource};
 use crate::metrics::Metrics;
+use crate::throttle::UsagePlan;
 use crate::tls::expiry::NamedCertificate;
 use crate::tls::ListenerTls;
 use crate::upstream::Upstream;
@@ -28,6 +30,10 @@ pub struct Gateway {
     /// One per `config.listeners`, same order; `None` for plain HTTP listeners.
     pub tls_listeners: Vec<Option<Arc<ListenerTls>>>,
     allowlists: ArcSwap<Allowlists>,
+    /// One per `config.routes`, same order: the route's usage plan.
+    pub usage_plans: Vec<Option<UsagePlan>>,
+    /// Policy time (usage plans, breakers); tests move it forward.
+    pub clock: Clock,
     pub metrics: Arc<Metrics>,
     pub access_log: bool,
     /// Set once every public listener accepts connections.
@@ -42,9 +48,13 @@ impl Gateway {
     /// material that does not parse, say).
     pub fn new(config: Config) -> Result<Gateway, Vec<ConfigError>> {
         let mut errors = Vec::new();
+        let route_ids: Vec<&str> = config.routes.iter().map(|r| r.id.as_str()).collect();
+        let upstream_names: Vec<&str> = config.upstreams.iter().map(|u| u.name.as_str()).collect();
+        let metrics = Arc::new(Metrics::new(&route_ids, &upstream_names));
+        let clock = Clock::default();
         let mut upstreams = Vec::new();
-        for u in &config.upstreams {
-            match Upstream::new(u) {
+        for (i, u) in config.upstreams.iter().enumerate() {
+            match Upstream::new(u, &clock, metrics.circuit_gauge(i)) {
                 Ok(upstream) => upstreams.push(upstream),
                 Err(message) => errors.push(ConfigError::at(format!("upstreams.{}.tls", u.name), message)),
             }
@@ -92,9 +102,6 @@ impl Gateway {
                 }
             }
         };
-        let route_ids: Vec<&str> = config.routes.iter().map(|r| r.id.as_str()).collect();
-        let upstream_names: Vec<&str> = config.upstreams.iter().map(|u| u.name.as_str()).collect();
-        let metrics = Arc::new(Metrics::new(&route_ids, &upstream_names));
         let mut tls_listeners = Vec::new();
         for (i, l) in config.listeners.iter().enumerate() {
             tls_listeners.push(match &l.tls {
@@ -112,6 +119,8 @@ impl Gateway {
             return Err(errors);
         }
         let allowlists = ArcSwap::from_pointee(Allowlists::new(&config));
+        let usage_plans =
+            config.routes.iter().map(|r| r.rate_limit.as_ref().map(|l| UsagePlan::new(l, clock.clone()))).collect();
         let gateway = Gateway {
             access_log: config.logging.access_log,
             config,
@@ -121,6 +130,8 @@ impl Gateway {
             token_issuer,
             tls_listeners,
             allowlists,
+            usage_plans,
+            clock,
             metrics,
             listeners_bound: AtomicBool::new(false),
             draining: AtomicBool::new(false),

@@ -15,7 +15,9 @@
 
 pub mod admin;
 pub mod auth;
+pub mod clock;
 pub mod config;
+pub mod degraded;
 pub mod demo;
 pub mod dev_certs;
 pub mod forwarding;
@@ -29,6 +31,7 @@ pub mod proxy;
 pub mod reload;
 pub mod request_id;
 pub mod routing;
+pub mod throttle;
 pub mod tls;
 pub mod upstream;
 
@@ -104,6 +107,9 @@ pub fn build(config: Config) -> Result<Built, Vec<ConfigError>> {
     if !certificates.is_empty() {
         tls::expiry::log_notices(&certificates, auth::jwt::unix_now() as i64);
         server.add_service(background_service("certificate expiry", tls::expiry::ExpiryWatch(gateway.clone())));
+    }
+    if gateway.usage_plans.iter().any(Option::is_some) {
+        server.add_service(background_service("usage plans", throttle::ForgetIdleCallers(gateway.clone())));
     }
     if gateway.jwks_sources.iter().any(Option::is_some) {
         server.add_service(background_service("jwks", auth::jwks::JwksRefresher { gateway: gateway.clone() }));

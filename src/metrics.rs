@@ -93,12 +93,14 @@ impl AuthLayer {
 struct RouteSeries {
     id: String,
     duration: Histogram,
+    rate_limited: IntCounter,
     by_status: Box<[OnceLock<IntCounter>]>,
 }
 
 /// Handles of one upstream's series.
 struct UpstreamSeries {
     duration: Histogram,
+    circuit: IntGauge,
     outcomes: [IntCounter; 3],
     inflight: IntGauge,
 }
@@ -146,6 +148,11 @@ impl Metrics {
         let inflight =
             IntGaugeVec::new(Opts::new("seawall_inflight_requests", "Upstream calls in progress"), &["upstream"])
                 .expect("valid metric");
+        let circuit = IntGaugeVec::new(
+            Opts::new("seawall_circuit_state", "Circuit breaker per upstream: 0 closed, 1 open, 2 half-open"),
+            &["upstream"],
+        )
+        .expect("valid metric");
         let auth_rejections = IntCounterVec::new(
             Opts::new("seawall_auth_rejections_total", "Callers refused, by layer (ip, mtls, jwt) and reason"),
             &["layer", "reason"],
@@ -177,6 +184,11 @@ impl Metrics {
             &["name"],
         )
         .expect("valid metric");
+        let rate_limited = IntCounterVec::new(
+            Opts::new("seawall_ratelimit_rejections_total", "Requests refused by a route's usage plan (429)"),
+            &["route"],
+        )
+        .expect("valid metric");
         let jwks_refreshes = IntCounterVec::new(
             Opts::new("seawall_jwks_refresh_total", "JWKS fetches by provider and result (ok, error)"),
             &["provider", "result"],
@@ -186,12 +198,14 @@ impl Metrics {
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(jwks_refreshes.clone()),
             Box::new(config_reloads.clone()),
+            Box::new(rate_limited.clone()),
             Box::new(certificate_expiry.clone()),
             Box::new(auth_rejections.clone()),
             Box::new(request_duration.clone()),
             Box::new(upstream_duration.clone()),
             Box::new(upstream_requests.clone()),
             Box::new(inflight.clone()),
+            Box::new(circuit.clone()),
         ] {
             registry.register(collector).expect("metric names are unique");
         }
@@ -202,6 +216,7 @@ impl Metrics {
             .map(|id| RouteSeries {
                 id: id.to_string(),
                 duration: request_duration.with_label_values(&[id]),
+                rate_limited: rate_limited.with_label_values(&[id]),
                 by_status: (0..STATUS_SLOTS).map(|_| OnceLock::new()).collect(),
             })
             .collect();
@@ -211,6 +226,7 @@ impl Metrics {
                 duration: upstream_duration.with_label_values(&[*name]),
                 outcomes: UpstreamOutcome::ALL.map(|o| upstream_requests.with_label_values(&[*name, o.label()])),
                 inflight: inflight.with_label_values(&[*name]),
+                circuit: circuit.with_label_values(&[*name]),
             })
             .collect();
         Metrics {
@@ -249,6 +265,11 @@ impl Metrics {
         series.duration.observe(seconds);
     }
 
+    /// Counts a request refused by route `route`'s usage plan.
+    pub fn rate_limited(&self, route: usize) {
+        self.routes[route].rate_limited.inc();
+    }
+
     /// Counts a refused caller; `reason` is one of a fixed set per layer.
     pub fn auth_rejection(&self, layer: AuthLayer, reason: &'static str) {
         self.auth_rejections.with_label_values(&[layer.label(), reason]).inc();
@@ -269,6 +290,11 @@ impl Metrics {
         for c in certificates {
             self.certificate_expiry.with_label_values(&[c.name.as_str()]).set(c.not_after);
         }
+    }
+
+    /// The `seawall_circuit_state` series of upstream `upstream`.
+    pub fn circuit_gauge(&self, upstream: usize) -> IntGauge {
+        self.upstreams[upstream].circuit.clone()
     }
 
     /// Counts one upstream call in flight until the guard drops.

@@ -23,12 +23,18 @@ pub enum Problem {
     InvalidToken { reason: &'static str },
     #[error("token lacks the route's scope ({scope})")]
     InsufficientScope { scope: String },
+    #[error("usage plan exhausted: retry in {} s", .0.retry_after_secs)]
+    RateLimited(crate::throttle::Limited),
     #[error("request body larger than {limit} bytes")]
     RequestTooLarge { limit: u64 },
     #[error("malformed request: {reason}")]
     BadRequest { reason: String },
     #[error("the client did not send the request in time")]
     RequestTimeout,
+    #[error("upstream at its max_inflight")]
+    BackendOverloaded,
+    #[error("upstream circuit open for {retry_after_secs} s more")]
+    CircuitOpen { retry_after_secs: u64 },
     #[error("upstream unavailable: {reason}")]
     UpstreamUnavailable { reason: String },
     #[error("route deadline passed before the upstream answered")]
@@ -45,6 +51,11 @@ struct Entry {
     retryable: bool,
 }
 
+/// The codes a route's `on_error` may turn into a degraded answer: the backend's failures and
+/// the gateway's protection of it, never a refusal of the caller.
+pub const DEGRADABLE_CODES: [&str; 5] =
+    ["rate_limited", "backend_overloaded", "circuit_open", "upstream_timeout", "upstream_unavailable"];
+
 impl Problem {
     fn entry(&self) -> Entry {
         let (status, code, title, retryable) = match self {
@@ -58,9 +69,12 @@ impl Problem {
             Problem::InsufficientScope { .. } => {
                 (403, "insufficient_scope", "Access token lacks the required scope", false)
             }
+            Problem::RateLimited(_) => (429, "rate_limited", "Too many requests for this route's usage plan", true),
             Problem::RequestTooLarge { .. } => (413, "request_too_large", "Request body too large", false),
             Problem::BadRequest { .. } => (400, "bad_request", "Malformed request", false),
             Problem::RequestTimeout => (408, "request_timeout", "Request not received in time", true),
+            Problem::BackendOverloaded => (503, "backend_overloaded", "Backend at capacity", true),
+            Problem::CircuitOpen { .. } => (503, "circuit_open", "Backend failing: calls paused", true),
             Problem::UpstreamUnavailable { .. } => (502, "upstream_unavailable", "Upstream unavailable", true),
             Problem::UpstreamTimeout => (504, "upstream_timeout", "Upstream did not respond in time", true),
             Problem::Internal { .. } => (500, "internal_error", "Internal gateway error", false),
@@ -101,6 +115,17 @@ impl Problem {
             }
             Problem::InvalidToken { .. } => {
                 let _ = header.insert_header("www-authenticate", r#"Bearer error="invalid_token""#);
+            }
+            Problem::RateLimited(limited) => {
+                let _ = header.insert_header("retry-after", limited.retry_after_secs.to_string());
+                let _ = header.insert_header("ratelimit-policy", limited.policy.as_str());
+                let _ = header.insert_header("ratelimit", limited.state.as_str());
+            }
+            Problem::BackendOverloaded => {
+                let _ = header.insert_header("retry-after", "1");
+            }
+            Problem::CircuitOpen { retry_after_secs } => {
+                let _ = header.insert_header("retry-after", retry_after_secs.to_string());
             }
             Problem::InsufficientScope { scope } => {
                 // Scopes are validated tokens (no quotes or spaces inside one) at start-up.

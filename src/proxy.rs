@@ -29,6 +29,7 @@ use pingora_http::{RequestHeader, ResponseHeader};
 use crate::auth;
 use crate::auth::issuer::{self, TokenIssuer};
 use crate::auth::jwt::{self, Principal, TokenError};
+use crate::config::RateLimitKey;
 use crate::config::RouteConfig;
 use crate::forwarding::{self, Forwarded};
 use crate::gateway::{ActiveRequest, Gateway};
@@ -36,8 +37,9 @@ use crate::metrics::{AuthLayer, InflightGuard, UpstreamOutcome, ISSUER_ROUTE, NO
 use crate::problem::{is_timeout, Problem};
 use crate::request_id;
 use crate::routing::{has_dot_segment, PathParams, RouteMatch};
+use crate::throttle::Caller;
 use crate::tls::client_cert::{ClientCertificate, Verdict};
-use crate::upstream::Deadline;
+use crate::upstream::{Deadline, UpstreamPass};
 
 pub struct SeawallProxy {
     gateway: Arc<Gateway>,
@@ -72,6 +74,8 @@ pub struct RequestCtx {
     upstream_started: Option<Instant>,
     upstream_status: Option<u16>,
     upstream_inflight: Option<InflightGuard>,
+    /// The bulkhead slot and breaker admission of this request's upstream call.
+    upstream_pass: Option<UpstreamPass>,
     /// Set by the phase that refuses the request; `fail_to_proxy` answers with it.
     problem: Option<Problem>,
     /// The status the caller got (499: the caller went away first).
@@ -96,11 +100,15 @@ fn refused(problem: &Problem) -> Box<Error> {
 }
 
 impl SeawallProxy {
-    /// Writes a problem answer. The connection is closed when the request body was not read,
+    /// Writes a problem answer, or the route's degraded answer for it (`on_error`). The connection is closed when the request body was not read,
     /// so unread bytes can never be taken for the next request.
     async fn respond(&self, session: &mut Session, ctx: &mut RequestCtx, problem: &Problem) {
-        let (header, body) = problem.response(&ctx.request_id);
-        ctx.status = problem.status();
+        let degraded = ctx
+            .route
+            .and_then(|r| self.gateway.config.routes[r].on_error.as_ref())
+            .and_then(|d| d.answer(problem, &ctx.request_id));
+        let (header, body) = degraded.unwrap_or_else(|| problem.response(&ctx.request_id));
+        ctx.status = header.status.as_u16();
         if !ctx.body_complete {
             session.set_keepalive(None);
         }
@@ -208,6 +216,35 @@ impl SeawallProxy {
         Ok(())
     }
 
+    /// Takes a token from the route's usage plan (after auth: a refused caller spends nothing,
+    /// and `client` keys need the principal).
+    fn charge_usage_plan(&self, ctx: &RequestCtx) -> Result<(), Problem> {
+        let Some(route) = ctx.route else { return Ok(()) };
+        let Some(plan) = &self.gateway.usage_plans[route] else { return Ok(()) };
+        let caller = match plan.key {
+            RateLimitKey::Route => Caller::Route,
+            RateLimitKey::Client => match ctx.principal.as_ref().and_then(|p| p.client_id.as_deref()) {
+                Some(client) => Caller::Client(client.into()),
+                None => Caller::Route,
+            },
+            RateLimitKey::Ip => match ctx.client_ip {
+                Some(ip) => Caller::Ip(ip),
+                None => Caller::Route,
+            },
+        };
+        plan.check(&caller).map_err(|limited| {
+            self.gateway.metrics.rate_limited(route);
+            Problem::RateLimited(limited)
+        })
+    }
+
+    /// The upstream's breaker and bulkhead, last: only a request about to be proxied takes a
+    /// slot or a half-open probe.
+    fn admit_to_upstream(&self, ctx: &mut RequestCtx, route: &RouteConfig) -> Result<(), Problem> {
+        ctx.upstream_pass = Some(self.gateway.upstreams[route.upstream].admit()?);
+        Ok(())
+    }
+
     /// The client certificate, where the listener (`client_auth.mode: required`) or the route
     /// (`auth.client_cert: required`) asks for one: verified in the handshake, and allowed by
     /// the listener's names and pins.
@@ -303,6 +340,7 @@ impl ProxyHttp for SeawallProxy {
             upstream_started: None,
             upstream_status: None,
             upstream_inflight: None,
+            upstream_pass: None,
             problem: None,
             status: 0,
             _active: self.gateway.active_request(),
@@ -323,7 +361,10 @@ impl ProxyHttp for SeawallProxy {
             }
         }
         let admitted = match self.admit(session, ctx) {
-            Ok(route) => self.authenticate(session, ctx, route).await.map(|()| route),
+            Ok(route) => match self.authenticate(session, ctx, route).await {
+                Ok(()) => self.charge_usage_plan(ctx).and_then(|()| self.admit_to_upstream(ctx, route)).map(|()| route),
+                Err(problem) => Err(problem),
+            },
             Err(problem) => Err(problem),
         };
         match admitted {
@@ -562,7 +603,14 @@ impl ProxyHttp for SeawallProxy {
             if let Some(outcome) = outcome {
                 metrics.observe_upstream(route.upstream, outcome, seconds);
             }
+            if let Some(pass) = ctx.upstream_pass.take() {
+                self.gateway.upstreams[route.upstream].finish(pass, outcome.map(|o| o == UpstreamOutcome::Ok));
+            }
             upstream_ms = Some(seconds * 1000.0);
+        }
+        if let (Some(pass), Some(route)) = (ctx.upstream_pass.take(), route) {
+            // Admitted, but never reached the upstream (the caller failed first).
+            self.gateway.upstreams[route.upstream].finish(pass, None);
         }
         ctx.upstream_inflight = None;
 

@@ -589,3 +589,46 @@ fn listener_tls_files_that_do_not_fit_fail_the_build_with_their_listener() {
     assert_error(&errors, "listeners[2].tls", &["expired", "nextUpdate"]);
     assert_eq!(errors.len(), 3, "reported:\n{}", render(&errors));
 }
+
+#[test]
+fn protection_settings_are_checked_with_their_paths() {
+    let errors = errors_of(
+        r#"
+listeners: [{ name: public, address: 127.0.0.1:8080 }]
+admin: { address: 127.0.0.1:9090 }
+upstreams:
+  crm:
+    targets: ["127.0.0.1:9"]
+    circuit_breaker: { failure_ratio: 1.5, min_requests: 0, window_secs: 0, open_secs: 99999, probes: 0 }
+routes:
+  - id: a
+    match: { path: "/a" }
+    upstream: crm
+    timeout_ms: 100
+    rate_limit: { requests_per_sec: 0, burst: 0, key: client }
+  - id: b
+    match: { path: "/b" }
+    upstream: crm
+    timeout_ms: 100
+    rate_limit: { requests_per_sec: 5, key: everyone }
+    on_error: { status: 503, codes: [invalid_token], body: { gateway_status: x } }
+"#,
+    );
+    for (path, fragment) in [
+        ("upstreams.crm.circuit_breaker.failure_ratio", "above 0 and at most 1"),
+        ("upstreams.crm.circuit_breaker.min_requests", "at least 1"),
+        ("upstreams.crm.circuit_breaker.window_secs", "between 1 and 3600"),
+        ("upstreams.crm.circuit_breaker.open_secs", "between 1 and 3600"),
+        ("upstreams.crm.circuit_breaker.probes", "between 1 and 100"),
+        ("routes[0].rate_limit.requests_per_sec", "above 0"),
+        ("routes[0].rate_limit.burst", "1 to 1000000"),
+        ("routes[0].rate_limit.key", "needs `auth.jwt`"),
+        ("routes[1].rate_limit.key", "`everyone` is not one of route, client, ip"),
+        ("routes[1].on_error.status", "200 to 299"),
+        ("routes[1].on_error.codes[0]", "`invalid_token` is not one of"),
+        ("routes[1].on_error.body.gateway_status", "added by the gateway"),
+    ] {
+        assert_error(&errors, path, &[fragment]);
+    }
+    assert_eq!(errors.len(), 12, "reported:\n{}", render(&errors));
+}

@@ -26,6 +26,7 @@ use crate::routing::{PathTemplate, RewriteTemplate, Router};
 pub mod defaults {
     pub const GRACE_PERIOD_SECS: u64 = 30;
     pub const CONNECT_TIMEOUT_MS: u64 = 1000;
+    pub const CIRCUIT_PROBES: u32 = 3;
     pub const RETRIES: u32 = 0;
     pub const MAX_BODY_BYTES: u64 = 1024 * 1024;
     pub const UPSTREAM_KEEPALIVE_POOL_SIZE: usize = 4096;
@@ -169,6 +170,22 @@ pub struct UpstreamConfig {
     pub host: String,
     pub tls: Option<UpstreamTls>,
     pub connect_timeout: Duration,
+    /// Bulkhead: calls in flight allowed at once (0: no limit).
+    pub max_inflight: u32,
+    pub circuit_breaker: Option<CircuitBreakerConfig>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct CircuitBreakerConfig {
+    /// Share of failed calls (errors and timeouts) that opens the circuit.
+    pub failure_ratio: f64,
+    /// Calls that must have ended in the window before the ratio counts.
+    pub min_requests: u32,
+    pub window_secs: u64,
+    /// How long an open circuit refuses calls before probing.
+    pub open: Duration,
+    /// Trial calls of the half-open circuit; all must succeed to close it.
+    pub probes: u32,
 }
 
 #[derive(Debug, Clone)]
@@ -194,6 +211,38 @@ pub struct RouteConfig {
     /// Indexes into [`Config::ip_allowlists`] of the lists the route accepts; `None`: any caller.
     pub allow_ips: Option<Vec<usize>>,
     pub auth: Option<RouteAuth>,
+    pub rate_limit: Option<RateLimitConfig>,
+    /// Degraded answers for backend-side failures (`on_error`).
+    pub on_error: Option<crate::degraded::DegradedAnswers>,
+}
+
+/// A route's usage plan: a token bucket of `burst` tokens refilled at `requests_per_sec`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RateLimitConfig {
+    pub requests_per_sec: f64,
+    pub burst: u32,
+    pub key: RateLimitKey,
+}
+
+/// Whose budget a request is charged to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RateLimitKey {
+    /// All callers of the route together: the backend's budget.
+    Route,
+    /// Each client: the token's client id (routes with `auth.jwt`).
+    Client,
+    /// Each client IP.
+    Ip,
+}
+
+impl RateLimitKey {
+    pub fn label(self) -> &'static str {
+        match self {
+            RateLimitKey::Route => "route",
+            RateLimitKey::Client => "client",
+            RateLimitKey::Ip => "ip",
+        }
+    }
 }
 
 /// A route's caller requirements: a token, a client certificate, or both.

@@ -125,6 +125,18 @@ pub struct UpstreamSection {
     #[serde(default)]
     pub tls: UpstreamTlsSection,
     pub connect_timeout_ms: Option<u64>,
+    pub max_inflight: Option<u32>,
+    pub circuit_breaker: Option<CircuitBreakerSection>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CircuitBreakerSection {
+    pub failure_ratio: f64,
+    pub min_requests: u32,
+    pub window_secs: u64,
+    pub open_secs: u64,
+    pub probes: Option<u32>,
 }
 
 /// `tls: false` / `tls: true` or a map, which turns TLS on.
@@ -167,6 +179,24 @@ pub struct RouteSection {
     pub auth: Option<RouteAuthSection>,
     pub retries: Option<u32>,
     pub max_body_bytes: Option<u64>,
+    pub rate_limit: Option<RateLimitSection>,
+    pub on_error: Option<OnErrorSection>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OnErrorSection {
+    pub status: Option<u16>,
+    pub body: serde_json::Map<String, serde_json::Value>,
+    pub codes: Option<Vec<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitSection {
+    pub requests_per_sec: f64,
+    pub burst: Option<u32>,
+    pub key: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -9,9 +9,10 @@ use http::Method;
 
 use super::schema::{self, Methods, Sections, UpstreamTlsSection};
 use super::{
-    defaults, AdminConfig, AllowlistConfig, ClientAuthConfig, ClientAuthMode, Config, ConfigError, JwtProviderConfig,
-    KeySource, ListenerConfig, ListenerTlsConfig, LogFormat, LoggingSettings, RouteAuth, RouteConfig, ServerSettings,
-    TokenIssuerConfig, UpstreamConfig, UpstreamTls,
+    defaults, AdminConfig, AllowlistConfig, CircuitBreakerConfig, ClientAuthConfig, ClientAuthMode, Config,
+    ConfigError, JwtProviderConfig, KeySource, ListenerConfig, ListenerTlsConfig, LogFormat, LoggingSettings,
+    RateLimitConfig, RateLimitKey, RouteAuth, RouteConfig, ServerSettings, TokenIssuerConfig, UpstreamConfig,
+    UpstreamTls,
 };
 use crate::auth::ip::{parse_cidr, read_allowlist_file, CidrSet};
 use crate::auth::jwt::parse_algorithm;
@@ -247,6 +248,42 @@ fn upstream(name: &str, u: &schema::UpstreamSection, err: &mut impl FnMut(String
         err(format!("{path}.connect_timeout_ms"), format!("{connect_ms} must be between 1 and 60000"));
         ok = false;
     }
+    let circuit_breaker = u.circuit_breaker.as_ref().and_then(|b| {
+        let path = format!("{path}.circuit_breaker");
+        let mut good = true;
+        let mut check = |valid: bool, key: &str, message: String| {
+            if !valid {
+                err(format!("{path}.{key}"), message);
+                good = false;
+            }
+        };
+        check(
+            b.failure_ratio > 0.0 && b.failure_ratio <= 1.0,
+            "failure_ratio",
+            format!("{}: give a share of failed calls above 0 and at most 1 (0.5 is half)", b.failure_ratio),
+        );
+        check(
+            b.min_requests >= 1,
+            "min_requests",
+            "must be at least 1: a single failure would otherwise open the circuit".into(),
+        );
+        check(
+            (1..=3600).contains(&b.window_secs),
+            "window_secs",
+            format!("{} must be between 1 and 3600", b.window_secs),
+        );
+        check((1..=3600).contains(&b.open_secs), "open_secs", format!("{} must be between 1 and 3600", b.open_secs));
+        let probes = b.probes.unwrap_or(defaults::CIRCUIT_PROBES);
+        check((1..=100).contains(&probes), "probes", format!("{probes} must be between 1 and 100"));
+        good.then_some(CircuitBreakerConfig {
+            failure_ratio: b.failure_ratio,
+            min_requests: b.min_requests,
+            window_secs: b.window_secs,
+            open: Duration::from_secs(b.open_secs),
+            probes,
+        })
+    });
+    ok &= u.circuit_breaker.is_none() || circuit_breaker.is_some();
     let host = u.targets.first().cloned().unwrap_or_default();
     let tls = match &u.tls {
         UpstreamTlsSection::Enabled(false) => None,
@@ -274,6 +311,8 @@ fn upstream(name: &str, u: &schema::UpstreamSection, err: &mut impl FnMut(String
         host,
         tls,
         connect_timeout: Duration::from_millis(connect_ms),
+        max_inflight: u.max_inflight.unwrap_or(0),
+        circuit_breaker,
     })
 }
 
@@ -401,6 +440,17 @@ fn route(
         ok = false;
     }
     let max_body_bytes = r.max_body_bytes.unwrap_or(defaults::MAX_BODY_BYTES);
+    let rate_limit = match &r.rate_limit {
+        None => None,
+        Some(section) => {
+            let has_jwt = r.auth.as_ref().is_some_and(|a| a.jwt.is_some());
+            let limit = rate_limit(path, section, has_jwt, err);
+            ok &= limit.is_some();
+            limit
+        }
+    };
+    let on_error = r.on_error.as_ref().and_then(|o| on_error(path, o, err));
+    ok &= r.on_error.is_none() || on_error.is_some();
     if !ok {
         return None;
     }
@@ -416,7 +466,101 @@ fn route(
         max_body_bytes,
         allow_ips,
         auth,
+        rate_limit,
+        on_error,
     })
+}
+
+fn on_error(
+    path: &str,
+    o: &schema::OnErrorSection,
+    err: &mut impl FnMut(String, String),
+) -> Option<crate::degraded::DegradedAnswers> {
+    use crate::problem::DEGRADABLE_CODES;
+    let path = format!("{path}.on_error");
+    let mut ok = true;
+    let status = o.status.unwrap_or(200);
+    if !(200..=299).contains(&status) {
+        err(
+            format!("{path}.status"),
+            format!("{status}: a degraded answer is a success (200 to 299) the flow can read"),
+        );
+        ok = false;
+    }
+    if o.body.contains_key("gateway_status") {
+        err(format!("{path}.body.gateway_status"), "is added by the gateway (the failure's code): leave it out".into());
+        ok = false;
+    }
+    let mut codes = Vec::new();
+    match &o.codes {
+        None => codes.extend(DEGRADABLE_CODES),
+        Some(listed) => {
+            if listed.is_empty() {
+                err(format!("{path}.codes"), "empty: omit it for the default (every backend-side failure)".into());
+                ok = false;
+            }
+            for (i, code) in listed.iter().enumerate() {
+                match DEGRADABLE_CODES.iter().find(|c| **c == code.as_str()) {
+                    Some(c) => codes.push(*c),
+                    None => {
+                        err(
+                            format!("{path}.codes[{i}]"),
+                            format!("`{code}` is not one of {}", DEGRADABLE_CODES.join(", ")),
+                        );
+                        ok = false;
+                    }
+                }
+            }
+        }
+    }
+    ok.then(|| crate::degraded::DegradedAnswers::new(status, &o.body, &codes))
+}
+
+/// Highest rate and burst a usage plan may name: beyond this a limit protects nothing.
+const MAX_RATE: f64 = 1_000_000.0;
+
+fn rate_limit(
+    path: &str,
+    r: &schema::RateLimitSection,
+    has_jwt: bool,
+    err: &mut impl FnMut(String, String),
+) -> Option<RateLimitConfig> {
+    let path = format!("{path}.rate_limit");
+    let mut ok = true;
+    let rps = r.requests_per_sec;
+    if !(rps.is_finite() && rps > 0.0 && rps <= MAX_RATE) {
+        err(
+            format!("{path}.requests_per_sec"),
+            format!(
+                "{rps} is not a rate: give requests per second, above 0 and at most 1000000 (0.5 is one every 2 s)"
+            ),
+        );
+        ok = false;
+    }
+    let burst = r.burst.unwrap_or_else(|| rps.ceil().clamp(1.0, MAX_RATE) as u32);
+    if burst == 0 || f64::from(burst) > MAX_RATE {
+        err(format!("{path}.burst"), format!("{burst}: give the requests allowed at once, 1 to 1000000"));
+        ok = false;
+    }
+    let key = match r.key.as_deref() {
+        None | Some("route") => RateLimitKey::Route,
+        Some("client") if has_jwt => RateLimitKey::Client,
+        Some("client") => {
+            err(
+                format!("{path}.key"),
+                "`client` needs `auth.jwt` on the route: the client is the token's client id".into(),
+            );
+            ok = false;
+            RateLimitKey::Client
+        }
+        Some("ip") => RateLimitKey::Ip,
+        Some(other) => {
+            err(format!("{path}.key"), format!("`{other}` is not one of route, client, ip"));
+            ok = false;
+            RateLimitKey::Route
+        }
+    };
+    ok.then_some(RateLimitConfig { requests_per_sec: rps, burst, key })
 }
 
 /// What a route may refer to by name.

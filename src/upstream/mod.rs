@@ -2,6 +2,7 @@
 //! per-attempt [`HttpPeer`] whose timeouts never outlive the route deadline. Called from
 //! `upstream_peer`.
 
+pub mod breaker;
 mod deadline;
 
 use std::net::SocketAddr;
@@ -18,7 +19,14 @@ use pingora::utils::tls::CertKey;
 
 pub use deadline::Deadline;
 
+use breaker::{Admission, CircuitBreaker};
+use pingora_limits::inflight::{Guard as InflightSlot, Inflight};
+
+use prometheus::IntGauge;
+
+use crate::clock::Clock;
 use crate::config::{UpstreamConfig, UpstreamTls};
+use crate::problem::Problem;
 use crate::tls::expiry::NamedCertificate;
 
 /// Idle upstream connections are closed after this long, before most backends' own idle
@@ -41,10 +49,22 @@ pub struct Upstream {
     tls_config: Option<UpstreamTls>,
     tls: Option<ArcSwap<TlsMaterial>>,
     connect_timeout: Duration,
+    /// Bulkhead: calls in flight allowed at once (0: no limit), counted in `inflight`.
+    max_inflight: u32,
+    inflight: Inflight,
+    breaker: Option<CircuitBreaker>,
+}
+
+/// A call let through to the upstream: holds its bulkhead slot, and says whether it is one of
+/// a half-open circuit's probes. Handed back to [`Upstream::finish`] when the request ends.
+pub struct UpstreamPass {
+    _slot: Option<InflightSlot>,
+    probe: bool,
 }
 
 impl Upstream {
-    pub fn new(config: &UpstreamConfig) -> Result<Upstream, String> {
+    /// `circuit_gauge` is the upstream's `seawall_circuit_state` series.
+    pub fn new(config: &UpstreamConfig, clock: &Clock, circuit_gauge: IntGauge) -> Result<Upstream, String> {
         let tls = config.tls.as_ref().map(|t| load_tls(&config.name, t)).transpose()?;
         Ok(Upstream {
             name: config.name.clone(),
@@ -55,7 +75,42 @@ impl Upstream {
             tls_config: config.tls.clone(),
             tls: tls.map(ArcSwap::from_pointee),
             connect_timeout: config.connect_timeout,
+            max_inflight: config.max_inflight,
+            inflight: Inflight::new(),
+            breaker: config.circuit_breaker.map(|b| CircuitBreaker::new(b, clock.clone(), circuit_gauge)),
         })
+    }
+
+    /// Lets a call through, or refuses it at once: the circuit is open (503 `circuit_open`) or
+    /// `max_inflight` calls are already in flight (503 `backend_overloaded`). Nothing queues.
+    pub fn admit(&self) -> Result<UpstreamPass, Problem> {
+        let probe = match self.breaker.as_ref().map(CircuitBreaker::admit) {
+            Some(Admission::Refused { retry_after_secs }) => return Err(Problem::CircuitOpen { retry_after_secs }),
+            Some(Admission::Allowed { probe }) => probe,
+            None => false,
+        };
+        let slot = if self.max_inflight == 0 {
+            None
+        } else {
+            let (slot, in_flight) = self.inflight.incr(0u8, 1);
+            if in_flight > self.max_inflight as isize {
+                drop(slot);
+                if let Some(breaker) = &self.breaker {
+                    breaker.record(probe, None);
+                }
+                return Err(Problem::BackendOverloaded);
+            }
+            Some(slot)
+        };
+        Ok(UpstreamPass { _slot: slot, probe })
+    }
+
+    /// Ends a call let through by [`Self::admit`]: frees its slot and tells the breaker how it
+    /// went (`None`: it says nothing about the upstream).
+    pub fn finish(&self, pass: UpstreamPass, ok: Option<bool>) {
+        if let Some(breaker) = &self.breaker {
+            breaker.record(pass.probe, ok);
+        }
     }
 
     /// Reads the TLS files again (CA bundle, client certificate and key); on any error the

@@ -1,0 +1,224 @@
+//! Circuit breaker per upstream: when at least `min_requests` calls ended in the last
+//! `window_secs` and the share of failures (errors and timeouts) reaches `failure_ratio`, the
+//! circuit opens and calls are refused at once (503 `circuit_open`) for `open_secs`. Then it is
+//! half-open: up to `probes` calls go through; if they all succeed it closes, one failure opens it
+//! again. Time is the gateway's [`Clock`].
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use prometheus::IntGauge;
+
+use crate::clock::Clock;
+use crate::config::CircuitBreakerConfig;
+
+/// Whether a call may go to the upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admission {
+    /// `probe`: one of the half-open circuit's trial calls; its outcome decides the state.
+    Allowed {
+        probe: bool,
+    },
+    Refused {
+        retry_after_secs: u64,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Closed,
+    Open { until: Duration },
+    HalfOpen { in_flight: u32, succeeded: u32 },
+}
+
+impl Phase {
+    /// The `seawall_circuit_state` value: 0 closed, 1 open, 2 half-open.
+    fn gauge(self) -> i64 {
+        match self {
+            Phase::Closed => 0,
+            Phase::Open { .. } => 1,
+            Phase::HalfOpen { .. } => 2,
+        }
+    }
+}
+
+struct State {
+    phase: Phase,
+    /// Per second of the window, ring-indexed by the second: (that second, ok, failed).
+    buckets: Vec<(u64, u32, u32)>,
+}
+
+pub struct CircuitBreaker {
+    config: CircuitBreakerConfig,
+    clock: Clock,
+    state: Mutex<State>,
+    gauge: IntGauge,
+}
+
+impl CircuitBreaker {
+    pub fn new(config: CircuitBreakerConfig, clock: Clock, gauge: IntGauge) -> CircuitBreaker {
+        gauge.set(0);
+        let buckets = vec![(u64::MAX, 0, 0); config.window_secs.max(1) as usize];
+        CircuitBreaker { config, clock, state: Mutex::new(State { phase: Phase::Closed, buckets }), gauge }
+    }
+
+    pub fn admit(&self) -> Admission {
+        let now = self.clock.elapsed();
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if let Phase::Open { until } = state.phase {
+            if now < until {
+                return Admission::Refused { retry_after_secs: (until - now).as_secs_f64().ceil().max(1.0) as u64 };
+            }
+            self.set(&mut state, Phase::HalfOpen { in_flight: 0, succeeded: 0 });
+        }
+        match state.phase {
+            Phase::HalfOpen { in_flight, succeeded } if in_flight + succeeded < self.config.probes => {
+                state.phase = Phase::HalfOpen { in_flight: in_flight + 1, succeeded };
+                Admission::Allowed { probe: true }
+            }
+            Phase::HalfOpen { .. } => Admission::Refused { retry_after_secs: 1 },
+            _ => Admission::Allowed { probe: false },
+        }
+    }
+
+    /// How an admitted call ended: `Some(true)` ok, `Some(false)` error or timeout, `None` when
+    /// it says nothing about the upstream (the caller went away, or never got that far).
+    pub fn record(&self, probe: bool, ok: Option<bool>) {
+        let now = self.clock.elapsed();
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        match (state.phase, probe) {
+            (Phase::HalfOpen { in_flight, succeeded }, true) => match ok {
+                Some(false) => self.trip(&mut state, now),
+                Some(true) if succeeded + 1 >= self.config.probes => {
+                    state.buckets.iter_mut().for_each(|b| *b = (u64::MAX, 0, 0));
+                    self.set(&mut state, Phase::Closed);
+                }
+                Some(true) => state.phase = Phase::HalfOpen { in_flight: in_flight - 1, succeeded: succeeded + 1 },
+                None => state.phase = Phase::HalfOpen { in_flight: in_flight.saturating_sub(1), succeeded },
+            },
+            (Phase::Closed, _) => {
+                let Some(ok) = ok else { return };
+                let second = now.as_secs();
+                let slot = (second % state.buckets.len() as u64) as usize;
+                let bucket = &mut state.buckets[slot];
+                if bucket.0 != second {
+                    *bucket = (second, 0, 0);
+                }
+                if ok {
+                    bucket.1 += 1;
+                } else {
+                    bucket.2 += 1;
+                }
+                let window = state.buckets.len() as u64;
+                let (total, failed) = state
+                    .buckets
+                    .iter()
+                    .filter(|b| b.0 != u64::MAX && second - b.0 < window)
+                    .fold((0u32, 0u32), |(t, f), b| (t + b.1 + b.2, f + b.2));
+                if total >= self.config.min_requests
+                    && f64::from(failed) >= self.config.failure_ratio * f64::from(total)
+                {
+                    self.trip(&mut state, now);
+                }
+            }
+            // Calls admitted before the circuit opened, or non-probes while half-open.
+            _ => {}
+        }
+    }
+
+    fn trip(&self, state: &mut State, now: Duration) {
+        state.buckets.iter_mut().for_each(|b| *b = (u64::MAX, 0, 0));
+        self.set(state, Phase::Open { until: now + self.config.open });
+    }
+
+    fn set(&self, state: &mut State, phase: Phase) {
+        if state.phase.gauge() != phase.gauge() {
+            tracing::warn!(
+                circuit = phase.gauge(),
+                "upstream circuit {}",
+                match phase {
+                    Phase::Closed => "closed",
+                    Phase::Open { .. } => "opened",
+                    Phase::HalfOpen { .. } => "half-open: probing",
+                }
+            );
+        }
+        state.phase = phase;
+        self.gauge.set(phase.gauge());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn breaker() -> (CircuitBreaker, Clock, IntGauge) {
+        let clock = Clock::default();
+        let gauge = IntGauge::new("g", "g").unwrap();
+        let config = CircuitBreakerConfig {
+            failure_ratio: 0.5,
+            min_requests: 10,
+            window_secs: 10,
+            open: Duration::from_secs(30),
+            probes: 2,
+        };
+        (CircuitBreaker::new(config, clock.clone(), gauge.clone()), clock, gauge)
+    }
+
+    fn call(b: &CircuitBreaker, ok: bool) -> Admission {
+        let admission = b.admit();
+        if let Admission::Allowed { probe } = admission {
+            b.record(probe, Some(ok));
+        }
+        admission
+    }
+
+    #[test]
+    fn opens_on_the_failure_ratio_then_probes_and_closes() {
+        let (b, clock, gauge) = breaker();
+        // Below min_requests nothing happens, however bad.
+        for _ in 0..9 {
+            call(&b, false);
+        }
+        assert_eq!(gauge.get(), 0);
+        call(&b, false);
+        assert_eq!(gauge.get(), 1, "10 calls, all failed: open");
+        assert_eq!(b.admit(), Admission::Refused { retry_after_secs: 30 });
+        clock.advance(Duration::from_secs(29));
+        assert_eq!(b.admit(), Admission::Refused { retry_after_secs: 1 });
+        clock.advance(Duration::from_secs(1));
+        // Half-open: two probes at a time, the third waits.
+        let first = b.admit();
+        assert_eq!(first, Admission::Allowed { probe: true });
+        assert_eq!(gauge.get(), 2);
+        assert_eq!(b.admit(), Admission::Allowed { probe: true });
+        assert!(matches!(b.admit(), Admission::Refused { .. }));
+        b.record(true, Some(true));
+        b.record(true, Some(true));
+        assert_eq!(gauge.get(), 0, "both probes succeeded: closed");
+        assert_eq!(b.admit(), Admission::Allowed { probe: false });
+    }
+
+    #[test]
+    fn a_failed_probe_opens_again_and_old_failures_age_out() {
+        let (b, clock, gauge) = breaker();
+        for _ in 0..9 {
+            call(&b, false);
+        }
+        // Those 9 failures leave the window; 4 of the next 10 fail: 40%, under the ratio (with
+        // the old ones it would be 13 of 19).
+        clock.advance(Duration::from_secs(11));
+        for i in 0..10 {
+            call(&b, i % 5 < 3);
+        }
+        assert_eq!(gauge.get(), 0, "failures out of the window still counted");
+        for _ in 0..10 {
+            call(&b, false);
+        }
+        assert_eq!(gauge.get(), 1);
+        clock.advance(Duration::from_secs(30));
+        assert_eq!(call(&b, false), Admission::Allowed { probe: true });
+        assert_eq!(gauge.get(), 1, "the probe failed: open again");
+        assert!(matches!(b.admit(), Admission::Refused { .. }));
+    }
+}

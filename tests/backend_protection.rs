@@ -1,0 +1,266 @@
+//! The backend never sees more than it can take: usage plans (exact GCRA, 429 with Retry-After
+//! and RateLimit headers), bulkheads, circuit breakers, and degraded 200 answers for flows that
+//! cannot read errors. Time-dependent checks move the gateway's clock instead of sleeping.
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::{json, problem_code, Backend, TestGateway};
+
+const BASE: &str = r#"
+server: { threads: 1 }
+logging: { access_log: false }
+listeners: [{ name: public, address: "127.0.0.1:${PORT}" }]
+admin: { address: "127.0.0.1:${ADMIN_PORT}" }
+trusted_proxies: [127.0.0.0/8]
+"#;
+
+fn start(rest: &str, backend: &Backend) -> TestGateway {
+    TestGateway::start(&format!("{BASE}{rest}"), &[("BACKEND", backend.addr.to_string())])
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_usage_plan_lets_through_its_burst_then_answers_429_until_a_token_is_free() {
+    let backend = Backend::ok().await;
+    let gw = start(
+        r#"
+upstreams: { crm: { targets: ["${BACKEND}"] } }
+routes:
+  - id: limited
+    match: { method: GET, path: "/limited" }
+    rate_limit: { requests_per_sec: 2, burst: 5 }
+    upstream: crm
+    timeout_ms: 2000
+"#,
+        &backend,
+    );
+    let client = reqwest::Client::new();
+    let get = || client.get(gw.url("/limited")).send();
+    for _ in 0..5 {
+        assert_eq!(get().await.unwrap().status(), 200);
+    }
+    let refused = get().await.unwrap();
+    assert_eq!(refused.status(), 429);
+    let header = |name: &str| refused.headers()[name].to_str().unwrap().to_string();
+    assert_eq!(header("retry-after"), "1");
+    assert_eq!(header("ratelimit-policy"), "\"route\";q=2;w=1");
+    assert_eq!(header("ratelimit"), "\"route\";r=0;t=1");
+    assert_eq!(problem_code(&refused.text().await.unwrap()), "rate_limited");
+    assert_eq!(backend.received().len(), 5, "a refused request reached the backend");
+
+    // 2.5 s later, 5 tokens are back: the burst, not more.
+    gw.gateway.clock.advance(Duration::from_millis(2500));
+    let mut statuses = Vec::new();
+    for _ in 0..6 {
+        statuses.push(get().await.unwrap().status().as_u16());
+    }
+    assert_eq!(statuses, [200, 200, 200, 200, 200, 429]);
+    let metrics = gw.metrics().await;
+    assert!(metrics.contains(r#"seawall_ratelimit_rejections_total{route="limited"} 2"#), "{metrics}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn under_a_steady_overload_the_backend_sees_the_limit_and_no_more() {
+    let backend = Backend::ok().await;
+    let gw = start(
+        r#"
+upstreams: { crm: { targets: ["${BACKEND}"] } }
+routes:
+  - id: limited
+    match: { method: GET, path: "/limited" }
+    rate_limit: { requests_per_sec: 40, burst: 4 }
+    upstream: crm
+    timeout_ms: 2000
+"#,
+        &backend,
+    );
+    // About 5× the limit from 4 callers, for a bounded 2 seconds.
+    let client = reqwest::Client::new();
+    let started = Instant::now();
+    let callers: Vec<_> = (0..4)
+        .map(|_| {
+            let (client, url) = (client.clone(), gw.url("/limited"));
+            tokio::spawn(async move {
+                let (mut ok, mut limited) = (0u32, 0u32);
+                let mut tick = tokio::time::interval(Duration::from_millis(20));
+                while started.elapsed() < Duration::from_secs(2) {
+                    tick.tick().await;
+                    match client.get(&url).send().await.unwrap().status().as_u16() {
+                        200 => ok += 1,
+                        429 => limited += 1,
+                        other => panic!("unexpected {other}"),
+                    }
+                }
+                (ok, limited)
+            })
+        })
+        .collect();
+    let (mut ok, mut limited) = (0, 0);
+    for caller in callers {
+        let (o, l) = caller.await.unwrap();
+        ok += o;
+        limited += l;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let ceiling = 4.0 + 40.0 * elapsed;
+    let seen = backend.received().len() as f64;
+    assert_eq!(seen, f64::from(ok));
+    assert!(seen <= ceiling, "backend saw {seen} in {elapsed:.2} s: more than burst + rate × time = {ceiling:.0}");
+    assert!(seen >= 0.9 * 40.0 * elapsed, "backend saw only {seen} in {elapsed:.2} s: the plan held back too much");
+    assert!(limited > ok, "the overload was not refused ({limited} refused, {ok} passed)");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn per_ip_plans_give_each_caller_its_own_budget() {
+    let backend = Backend::ok().await;
+    let gw = start(
+        r#"
+upstreams: { crm: { targets: ["${BACKEND}"] } }
+routes:
+  - id: limited
+    match: { method: GET, path: "/limited" }
+    rate_limit: { requests_per_sec: 1, burst: 2, key: ip }
+    upstream: crm
+    timeout_ms: 2000
+"#,
+        &backend,
+    );
+    let client = reqwest::Client::new();
+    // The test client is a trusted proxy: X-Forwarded-For names the caller.
+    let from = |ip: &'static str| {
+        let req = client.get(gw.url("/limited")).header("x-forwarded-for", ip);
+        async move { req.send().await.unwrap().status().as_u16() }
+    };
+    assert_eq!([from("198.51.100.1").await, from("198.51.100.1").await, from("198.51.100.1").await], [200, 200, 429]);
+    assert_eq!(from("198.51.100.2").await, 200, "another caller has its own bucket");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_full_bulkhead_answers_503_at_once_instead_of_queueing() {
+    let backend = Backend::slow(Duration::from_millis(600)).await;
+    let gw = start(
+        r#"
+upstreams: { crm: { targets: ["${BACKEND}"], max_inflight: 2 } }
+routes:
+  - id: slow
+    match: { method: GET, path: "/slow" }
+    upstream: crm
+    timeout_ms: 3000
+"#,
+        &backend,
+    );
+    let client = reqwest::Client::new();
+    let busy: Vec<_> = (0..2).map(|_| tokio::spawn(client.get(gw.url("/slow")).send())).collect();
+    while backend.started() < 2 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let started = Instant::now();
+    let third = client.get(gw.url("/slow")).send().await.unwrap();
+    assert!(started.elapsed() < Duration::from_millis(300), "the third call waited {:?}", started.elapsed());
+    assert_eq!(third.status(), 503);
+    assert_eq!(third.headers()["retry-after"], "1");
+    assert_eq!(problem_code(&third.text().await.unwrap()), "backend_overloaded");
+    for call in busy {
+        assert_eq!(call.await.unwrap().unwrap().status(), 200);
+    }
+    // The slots are free again.
+    assert_eq!(client.get(gw.url("/slow")).send().await.unwrap().status(), 200);
+    assert_eq!(backend.started(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_circuit_opens_on_failures_then_a_probe_closes_it() {
+    let healthy = Arc::new(AtomicBool::new(false));
+    let flag = healthy.clone();
+    let backend = Backend::start(move |_| {
+        let ok = flag.load(Ordering::SeqCst);
+        Box::pin(async move {
+            if ok {
+                json(200, "{}")
+            } else {
+                json(500, "{\"error\":\"db down\"}")
+            }
+        })
+    })
+    .await;
+    let gw = start(
+        r#"
+upstreams:
+  crm:
+    targets: ["${BACKEND}"]
+    circuit_breaker: { failure_ratio: 0.5, min_requests: 4, window_secs: 10, open_secs: 30, probes: 1 }
+routes:
+  - id: lookup
+    match: { method: GET, path: "/lookup" }
+    upstream: crm
+    timeout_ms: 2000
+"#,
+        &backend,
+    );
+    let client = reqwest::Client::new();
+    let get = || async { client.get(gw.url("/lookup")).send().await.unwrap() };
+    for _ in 0..4 {
+        assert_eq!(get().await.status(), 500, "the backend's own answer passes while closed");
+    }
+    let open = get().await;
+    assert_eq!(open.status(), 503);
+    assert_eq!(open.headers()["retry-after"], "30");
+    assert_eq!(problem_code(&open.text().await.unwrap()), "circuit_open");
+    assert_eq!(backend.received().len(), 4, "an open circuit let a call through");
+    assert!(gw.metrics().await.contains(r#"seawall_circuit_state{upstream="crm"} 1"#));
+
+    healthy.store(true, Ordering::SeqCst);
+    gw.gateway.clock.advance(Duration::from_secs(30));
+    assert_eq!(get().await.status(), 200, "the half-open probe");
+    assert!(gw.metrics().await.contains(r#"seawall_circuit_state{upstream="crm"} 0"#));
+    assert_eq!(get().await.status(), 200);
+    assert_eq!(backend.received().len(), 6);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn on_error_turns_backend_failures_into_a_readable_200() {
+    // A port nothing listens on: every call fails to connect.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let backend = Backend::ok().await;
+    let gw = TestGateway::start(
+        &format!(
+            "{BASE}{}",
+            r#"
+upstreams:
+  dead: { targets: ["${DEAD}"] }
+  crm: { targets: ["${BACKEND}"] }
+routes:
+  - id: degraded
+    match: { method: GET, path: "/degraded" }
+    upstream: dead
+    timeout_ms: 1000
+    on_error: { body: { balance: "", currency: "" } }
+  - id: plain
+    match: { method: GET, path: "/plain" }
+    upstream: dead
+    timeout_ms: 1000
+  - id: limited
+    match: { method: GET, path: "/limited" }
+    upstream: crm
+    timeout_ms: 1000
+    rate_limit: { requests_per_sec: 1, burst: 1 }
+    on_error: { status: 200, codes: [rate_limited], body: { found: false } }
+"#
+        ),
+        &[("DEAD", dead.to_string()), ("BACKEND", backend.addr.to_string())],
+    );
+    let client = reqwest::Client::new();
+    let resp = client.get(gw.url("/degraded")).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert!(resp.headers().contains_key("x-request-id"));
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(body, serde_json::json!({"balance": "", "currency": "", "gateway_status": "upstream_unavailable"}));
+    assert_eq!(client.get(gw.url("/plain")).send().await.unwrap().status(), 502, "no on_error: the plain status");
+
+    assert_eq!(client.get(gw.url("/limited")).send().await.unwrap().status(), 200);
+    let body: serde_json::Value = client.get(gw.url("/limited")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(body, serde_json::json!({"found": false, "gateway_status": "rate_limited"}));
+}
