@@ -231,6 +231,22 @@ async fn the_demo_routes_a_lookup_and_times_out_the_hanging_one() {
     let mut conn = caller(Some(&genesys)).connect(mtls_addr).await.unwrap();
     assert_eq!(conn.get_with_token("/secure/accounts/1001", token).await.unwrap().0, 200);
 
+    // Backend protection: a usage plan, an open circuit, and the degraded answer of the same failure.
+    let mut statuses = Vec::new();
+    for _ in 0..3 {
+        statuses
+            .push(client.get(format!("http://127.0.0.1:{port}/limited/accounts/1001")).send().await.unwrap().status());
+    }
+    assert_eq!(statuses, [200, 200, 429]);
+    let mut statuses = Vec::new();
+    for _ in 0..4 {
+        statuses.push(client.get(format!("http://127.0.0.1:{port}/balance/1001")).send().await.unwrap().status());
+    }
+    assert_eq!(statuses, [500, 500, 500, 503]);
+    let degraded: serde_json::Value =
+        client.get(format!("http://127.0.0.1:{port}/ivr/balance/1001")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(degraded["gateway_status"], "circuit_open");
+
     let started = Instant::now();
     let resp = client.get(format!("http://127.0.0.1:{port}/accounts/hang")).send().await.unwrap();
     assert_eq!(resp.status(), 504);

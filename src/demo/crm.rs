@@ -75,6 +75,14 @@ impl ServeHttp for SimulatedCrm {
                 }),
             );
         }
+        if path.starts_with("/crm/ledger/") {
+            // The ledger database is down: every call fails, as a sick backend does.
+            self.stats.queries.fetch_add(1, Ordering::Relaxed);
+            return json(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                serde_json::json!({"error": "ledger database unavailable"}),
+            );
+        }
         let Some(rest) = path.strip_prefix("/crm/accounts/") else {
             return json(StatusCode::NOT_FOUND, serde_json::json!({"error": "no such resource"}));
         };

@@ -139,6 +139,12 @@ pub fn instructions(ports: &DemoPorts, crm: SocketAddr, material: &Path) -> Stri
          curl -i --cacert {m}/ca.pem --cert {m}/other-client.pem --key {m}/other-client.key {mtls}/secure/accounts/1001\n  \
          curl -i --cacert {m}/ca.pem --cert {m}/client.pem --key {m}/client.key {mtls}/secure/accounts/1001\n  \
          curl -i --cacert {m}/ca.pem --cert {m}/client.pem --key {m}/client.key -H \"Authorization: Bearer $TOKEN\" {mtls}/secure/accounts/1001\n\
+         \n  # protecting the backend: a usage plan of 2 requests/s (the third is 429 with Retry-After), a\n  \
+         # ledger whose database is down (three 500s, then 503 circuit_open without calling it), and\n  \
+         # the IVR's view of the same failure: 200 with \"gateway_status\" to branch on\n  \
+         for i in 1 2 3; do curl -s -o /dev/null -w '%{{http_code}} ' {gw}/limited/accounts/1001; done; echo\n  \
+         for i in 1 2 3 4; do curl -s -o /dev/null -w '%{{http_code}} ' {gw}/balance/1001; done; echo\n  \
+         curl -s {gw}/ivr/balance/1001; echo\n\
          \n  # what the CRM has served, and the gateway's metrics\n  \
          curl -s http://{crm}/crm/stats; echo\n  \
          curl -s {admin}/metrics | grep ^seawall_\n\
