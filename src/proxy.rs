@@ -84,6 +84,8 @@ pub struct RequestCtx {
 }
 
 impl RequestCtx {
+    /// Whether the route allows another attempt now: idempotent, inside the deadline, within
+    /// `retries`. [`Self::take_retry`] also charges the upstream's retry budget.
     fn may_retry(&self, gateway: &Gateway, session: &Session) -> bool {
         let Some(route) = self.route.map(|r| &gateway.config.routes[r]) else {
             return false;
@@ -91,6 +93,11 @@ impl RequestCtx {
         let idempotent = session.req_header().method.is_idempotent() && !session.as_ref().retry_buffer_truncated();
         let time_left = self.deadline.is_some_and(|d| !d.expired(Instant::now()));
         idempotent && time_left && self.attempts <= route.retries
+    }
+
+    /// Takes a retry from the upstream's budget; `false` when it is spent.
+    fn take_retry(&self, gateway: &Gateway) -> bool {
+        self.route.is_some_and(|r| gateway.upstreams[gateway.config.routes[r].upstream].retry_budget.withdraw())
     }
 }
 
@@ -413,7 +420,7 @@ impl ProxyHttp for SeawallProxy {
         mut e: Box<Error>,
     ) -> Box<Error> {
         // Nothing reached the backend, but the retry still has to fit the route's budget.
-        e.set_retry(ctx.may_retry(&self.gateway, session));
+        e.set_retry(ctx.may_retry(&self.gateway, session) && ctx.take_retry(&self.gateway));
         e
     }
 
@@ -436,7 +443,7 @@ impl ProxyHttp for SeawallProxy {
             ctx.attempts = ctx.attempts.saturating_sub(1);
             true
         } else {
-            may_retry && !is_timeout(e.etype()) && ctx.problem.is_none()
+            may_retry && !is_timeout(e.etype()) && ctx.problem.is_none() && ctx.take_retry(&self.gateway)
         };
         e.set_retry(retry);
         e

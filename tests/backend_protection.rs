@@ -264,3 +264,41 @@ routes:
     let body: serde_json::Value = client.get(gw.url("/limited")).send().await.unwrap().json().await.unwrap();
     assert_eq!(body, serde_json::json!({"found": false, "gateway_status": "rate_limited"}));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_retry_budget_keeps_a_failing_backend_from_being_hit_four_times_over() {
+    // A backend that accepts and drops every connection: each attempt is one accept.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepts = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = accepts.clone();
+    let task = tokio::spawn(async move {
+        while let Ok((socket, _)) = listener.accept().await {
+            counter.fetch_add(1, Ordering::SeqCst);
+            drop(socket);
+        }
+    });
+    let gw = TestGateway::start(
+        &format!(
+            "{BASE}{}",
+            r#"
+upstreams: { flaky: { targets: ["${FLAKY}"] } }
+routes:
+  - id: flaky
+    match: { method: GET, path: "/flaky" }
+    upstream: flaky
+    timeout_ms: 2000
+    retries: 3
+"#
+        ),
+        &[("FLAKY", addr.to_string())],
+    );
+    let client = reqwest::Client::new();
+    for _ in 0..300 {
+        assert_eq!(client.get(gw.url("/flaky")).send().await.unwrap().status(), 502);
+    }
+    let attempts = accepts.load(Ordering::SeqCst);
+    // Without a budget: 4 attempts each, 1200. With it: 300 + 10/s × 10 s + 20% of 300.
+    assert!((400..=470).contains(&attempts), "{attempts} attempts for 300 requests");
+    task.abort();
+}

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use prometheus::IntGauge;
 
+use super::window::SecondsWindow;
 use crate::clock::Clock;
 use crate::config::CircuitBreakerConfig;
 
@@ -44,9 +45,12 @@ impl Phase {
 
 struct State {
     phase: Phase,
-    /// Per second of the window, ring-indexed by the second: (that second, ok, failed).
-    buckets: Vec<(u64, u32, u32)>,
+    /// Calls that ended while closed: [ok, failed].
+    window: SecondsWindow,
 }
+
+const OK: usize = 0;
+const FAILED: usize = 1;
 
 pub struct CircuitBreaker {
     config: CircuitBreakerConfig,
@@ -58,8 +62,8 @@ pub struct CircuitBreaker {
 impl CircuitBreaker {
     pub fn new(config: CircuitBreakerConfig, clock: Clock, gauge: IntGauge) -> CircuitBreaker {
         gauge.set(0);
-        let buckets = vec![(u64::MAX, 0, 0); config.window_secs.max(1) as usize];
-        CircuitBreaker { config, clock, state: Mutex::new(State { phase: Phase::Closed, buckets }), gauge }
+        let window = SecondsWindow::new(config.window_secs);
+        CircuitBreaker { config, clock, state: Mutex::new(State { phase: Phase::Closed, window }), gauge }
     }
 
     pub fn admit(&self) -> Admission {
@@ -90,7 +94,7 @@ impl CircuitBreaker {
             (Phase::HalfOpen { in_flight, succeeded }, true) => match ok {
                 Some(false) => self.trip(&mut state, now),
                 Some(true) if succeeded + 1 >= self.config.probes => {
-                    state.buckets.iter_mut().for_each(|b| *b = (u64::MAX, 0, 0));
+                    state.window.clear();
                     self.set(&mut state, Phase::Closed);
                 }
                 Some(true) => state.phase = Phase::HalfOpen { in_flight: in_flight - 1, succeeded: succeeded + 1 },
@@ -99,22 +103,9 @@ impl CircuitBreaker {
             (Phase::Closed, _) => {
                 let Some(ok) = ok else { return };
                 let second = now.as_secs();
-                let slot = (second % state.buckets.len() as u64) as usize;
-                let bucket = &mut state.buckets[slot];
-                if bucket.0 != second {
-                    *bucket = (second, 0, 0);
-                }
-                if ok {
-                    bucket.1 += 1;
-                } else {
-                    bucket.2 += 1;
-                }
-                let window = state.buckets.len() as u64;
-                let (total, failed) = state
-                    .buckets
-                    .iter()
-                    .filter(|b| b.0 != u64::MAX && second - b.0 < window)
-                    .fold((0u32, 0u32), |(t, f), b| (t + b.1 + b.2, f + b.2));
+                state.window.add(second, if ok { OK } else { FAILED });
+                let [succeeded, failed] = state.window.sum(second);
+                let total = succeeded + failed;
                 if total >= self.config.min_requests
                     && f64::from(failed) >= self.config.failure_ratio * f64::from(total)
                 {
@@ -127,7 +118,7 @@ impl CircuitBreaker {
     }
 
     fn trip(&self, state: &mut State, now: Duration) {
-        state.buckets.iter_mut().for_each(|b| *b = (u64::MAX, 0, 0));
+        state.window.clear();
         self.set(state, Phase::Open { until: now + self.config.open });
     }
 

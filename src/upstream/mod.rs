@@ -4,6 +4,8 @@
 
 pub mod breaker;
 mod deadline;
+pub mod retry_budget;
+mod window;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -21,6 +23,7 @@ pub use deadline::Deadline;
 
 use breaker::{Admission, CircuitBreaker};
 use pingora_limits::inflight::{Guard as InflightSlot, Inflight};
+use retry_budget::RetryBudget;
 
 use prometheus::IntGauge;
 
@@ -53,6 +56,7 @@ pub struct Upstream {
     max_inflight: u32,
     inflight: Inflight,
     breaker: Option<CircuitBreaker>,
+    pub retry_budget: RetryBudget,
 }
 
 /// A call let through to the upstream: holds its bulkhead slot, and says whether it is one of
@@ -78,6 +82,7 @@ impl Upstream {
             max_inflight: config.max_inflight,
             inflight: Inflight::new(),
             breaker: config.circuit_breaker.map(|b| CircuitBreaker::new(b, clock.clone(), circuit_gauge)),
+            retry_budget: RetryBudget::new(clock.clone()),
         })
     }
 
@@ -102,6 +107,7 @@ impl Upstream {
             }
             Some(slot)
         };
+        self.retry_budget.deposit();
         Ok(UpstreamPass { _slot: slot, probe })
     }
 
