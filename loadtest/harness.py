@@ -84,6 +84,11 @@ IDLE_CONNECTIONS = 10_000
 LATENCY_RATES = [2_000, 10_000, 20_000]
 LATENCY_PATH = "/small"
 LATENCY_CONNECTIONS = 50
+# Throttle accuracy: a usage plan of THROTTLE_RATE requests/s (burst THROTTLE_RATE) offered
+# THROTTLE_OVERLOAD times that, open loop, for THROTTLE_SECS.
+THROTTLE_RATE = 50
+THROTTLE_OVERLOAD = 5
+THROTTLE_SECS = 20
 # Open files per process; the sandboxes these run in allow at most 20,000 (hard limit).
 NOFILE = 20_000
 
@@ -171,6 +176,8 @@ http {{
         location = /16k {{ alias {workdir}/16k.json; }}
         location = /post {{ client_body_buffer_size 64k; return 200 '{SMALL_JSON}'; }}
         location = /secure {{ return 200 '{SMALL_JSON}'; }}
+        location = /limited {{ return 200 '{SMALL_JSON}'; }}
+        location = /backend_status {{ stub_status; }}
         location / {{ return 404; }}
     }}
 }}
@@ -211,13 +218,21 @@ http {{
     {log}
     keepalive_requests 1000000;
     keepalive_timeout 300s;
+    limit_req_zone $server_name zone=plan:1m rate={THROTTLE_RATE}r/s;
+    limit_req_status 429;
     upstream backend {{
         server 127.0.0.1:{backend_port};
         keepalive 1024;
         keepalive_requests 1000000;
     }}
     server {{
-        listen 127.0.0.1:{port} backlog=65535;{proxy}
+        listen 127.0.0.1:{port} backlog=65535;
+        location = /limited {{
+            limit_req zone=plan burst={THROTTLE_RATE} nodelay;
+            proxy_pass http://backend;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }}{proxy}
     }}{tls}
 }}
 """
@@ -253,6 +268,10 @@ defaults
 frontend public
     bind 127.0.0.1:{port} backlog 65535{tls}
     acl secure path /secure
+    acl limited path /limited
+    stick-table type string len 16 size 16 expire 10s store http_req_rate(1s)
+    http-request track-sc0 str(limited) if limited
+    http-request deny deny_status 429 if limited {{ sc_http_req_rate(0) gt {THROTTLE_RATE} }}
     http-request deny if secure !{{ src 127.0.0.0/8 }}
     http-request set-var(txn.bearer) http_auth_bearer if secure
     http-request set-var(txn.jwt_alg) var(txn.bearer),jwt_header_query('$.alg') if secure
@@ -311,6 +330,12 @@ routes:
     match: {{ method: GET, path: "/secure" }}
     allow_ips: [local]
     auth: {{ jwt: idp }}
+    rate_limit: {{ requests_per_sec: 1000000, burst: 1000000, key: client }}
+    upstream: backend
+    timeout_ms: 10000
+  - id: limited
+    match: {{ method: GET, path: "/limited" }}
+    rate_limit: {{ requests_per_sec: {THROTTLE_RATE}, burst: {THROTTLE_RATE}, key: route }}
     upstream: backend
     timeout_ms: 10000
   - id: small
@@ -572,6 +597,49 @@ def run_oha(port, rate, duration):
     return parse_oha(out.stdout)
 
 
+def backend_requests(port):
+    """The backend nginx's request counter (stub_status), this request included."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        s.sendall(b"GET /backend_status HTTP/1.0\r\nHost: b\r\n\r\n")
+        data = b""
+        while chunk := s.recv(4096):
+            data += chunk
+    return parse_stub_status(data.decode())
+
+
+def parse_stub_status(text):
+    """Requests handled, from nginx's stub_status page."""
+    match = re.search(r"^\s*\d+\s+\d+\s+(\d+)\s*$", text, re.M)
+    if not match:
+        raise ValueError("not a stub_status page: " + text[:200])
+    return int(match.group(1))
+
+
+def throttle_accuracy(peer, backend_port, seconds=THROTTLE_SECS):
+    """Offers THROTTLE_OVERLOAD × the plan's rate, open loop, and reports what the backend saw."""
+    rate = THROTTLE_RATE * THROTTLE_OVERLOAD
+    argv = ["taskset", "-c", LOAD_CORE, "oha", "-z", f"{seconds}s", "-q", str(rate), "-c", "20", "--no-tui",
+            "--output-format", "json", f"http://127.0.0.1:{peer.port}/limited"]
+    before_backend, before_cpu = backend_requests(backend_port), peer.cpu_ticks()
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 60, preexec_fn=raise_nofile)
+    after_cpu, after_backend = peer.cpu_ticks(), backend_requests(backend_port)
+    data = json.loads(out.stdout)
+    codes = {str(k): int(v) for k, v in data.get("statusCodeDistribution", {}).items()}
+    elapsed = data["summary"]["total"]
+    passed = after_backend - before_backend - 1  # the second status request
+    rejected = codes.get("429", 0) + codes.get("503", 0)
+    cpu_us = (after_cpu - before_cpu) / CLK_TCK * 1e6
+    return {
+        "offered_rps": sum(codes.values()) / elapsed,
+        "backend_rps": passed / elapsed,
+        "accuracy": passed / elapsed / THROTTLE_RATE,
+        "ceiling": (THROTTLE_RATE + THROTTLE_RATE * elapsed) / elapsed,
+        "rejected": rejected,
+        "cpu_us_per_request": cpu_us / max(sum(codes.values()), 1),
+        "codes": codes,
+    }
+
+
 def idle_connections(peer, count):
     """RSS growth of the proxy while `count` keep-alive connections sit idle after one request."""
     import asyncio
@@ -699,6 +767,8 @@ def main(argv=None):
     ap.add_argument("--no-logs-table", action="store_true", help="skip the second table (access logs on)")
     ap.add_argument("--idle", type=int, default=IDLE_CONNECTIONS, help="idle connections (0: skip)")
     ap.add_argument("--no-latency", dest="latency", action="store_false", help="skip the open-loop latency runs")
+    ap.add_argument("--no-throttle", dest="throttle", action="store_false",
+                    help=f"skip the throttle accuracy run ({THROTTLE_OVERLOAD}× a {THROTTLE_RATE} req/s plan)")
     ap.add_argument("--latency-rates", default=",".join(str(r) for r in LATENCY_RATES))
     ap.add_argument("--latency-duration", type=int, default=8)
     ap.add_argument("--smoke", action="store_true", help="1 s per scenario, 1 round, at most 200 connections, no logs table")
@@ -721,7 +791,7 @@ def main(argv=None):
         scenarios = [s for s in scenarios if s.listener != "mtls"]
     peers = args.peers.split(",") + [name for name in alternatives if name not in args.peers.split(",")]
     if args.smoke:
-        args.rounds, args.duration, args.no_logs_table, args.latency = 1, 1, True, False
+        args.rounds, args.duration, args.no_logs_table, args.latency, args.throttle = 1, 1, True, False, False
         scenarios = [s for s in scenarios if s.connections <= 200]
         args.idle = min(args.idle, 200)
 
@@ -774,6 +844,14 @@ def main(argv=None):
                                       f"p99 {r['p99_ms']:.3f} ms p99.9 {r['p999_ms']:.3f} ms errors={r['errors']}", flush=True)
                                 if r["errors"]:
                                     failures.append(f"latency {rate} {p.name}: {r['errors']} errors {r['error_kinds']}")
+                throttle = {}
+                if args.throttle and tag == "nologs" and shutil.which("oha"):
+                    for p in live:
+                        throttle[p.name] = throttle_accuracy(p, backend_port)
+                        t = throttle[p.name]
+                        print(f"[throttle] {p.name:8} offered {t['offered_rps']:.0f} req/s, backend saw "
+                              f"{t['backend_rps']:.1f} req/s ({t['accuracy']:.3f} of the plan), "
+                              f"{t['cpu_us_per_request']:.1f} µs CPU/request", flush=True)
                 idle = {}
                 if args.idle and tag == "nologs":
                     # Fresh processes: memory kept from the load above would hide the growth.
@@ -801,7 +879,7 @@ def main(argv=None):
                        for pname, rs in by_peer.items()}
                 for rate, by_peer in latency.items()
             }
-            report["tables"][tag] = {"scenarios": summary, "idle": idle, "latency": lat_summary}
+            report["tables"][tag] = {"scenarios": summary, "idle": idle, "latency": lat_summary, "throttle": throttle}
     finally:
         os.killpg(backend.pid, signal.SIGTERM)
         backend.wait(timeout=10)
@@ -837,6 +915,17 @@ def write_report(report, scenarios, peers, out, smoke):
             if not smoke and plot_latency(t["latency"], peers, os.path.join(out, "latency.svg")):
                 parts.append("![latency percentiles per peer and rate](latency.svg)")
                 parts.append("")
+        if t.get("throttle"):
+            parts.append(f"Throttle accuracy: a usage plan of {THROTTLE_RATE} req/s (burst {THROTTLE_RATE}) offered "
+                         f"{THROTTLE_OVERLOAD}× that, open loop, for {THROTTLE_SECS} s (nginx `limit_req` burst "
+                         f"{THROTTLE_RATE} nodelay; HAProxy `sc_http_req_rate` over 1 s).")
+            parts.append("")
+            parts.append("| peer | offered req/s | backend saw req/s | vs the plan | ceiling (rate + burst over the run) | CPU µs/request |")
+            parts.append("|---|---|---|---|---|---|")
+            for p, v in t["throttle"].items():
+                parts.append(f"| {p} | {v['offered_rps']:.0f} | {v['backend_rps']:.1f} | {v['accuracy']:.3f}× | "
+                             f"{v['ceiling']:.1f} | {v['cpu_us_per_request']:.1f} |")
+            parts.append("")
         if t.get("idle"):
             parts.append("| idle keep-alive connections | peer | RSS growth per 1000 connections (kB) |")
             parts.append("|---|---|---|")

@@ -72,6 +72,23 @@ class OhaTest(unittest.TestCase):
         self.assertEqual(r["requests"], 79993)
         self.assertEqual(r["error_kinds"], {"status 502": 3, "connection closed": 2})
 
+    def test_stub_status_requests(self):
+        page = "Active connections: 1 \nserver accepts handled requests\n 16 16 3107 \nReading: 0 Writing: 1 Waiting: 0 \n"
+        self.assertEqual(harness.parse_stub_status(page), 3107)
+        with self.assertRaises(ValueError):
+            harness.parse_stub_status("<html>404</html>")
+
+    def test_every_peer_has_the_same_usage_plan(self):
+        with tempfile.TemporaryDirectory() as d:
+            n = harness.nginx_conf(1000, 2000, d, access_log=False)
+            h = harness.haproxy_conf(1001, 2000, d, access_log=False)
+            s = harness.seawall_conf(1002, 1003, 2000, access_log=False, workdir=d)
+        rate = harness.THROTTLE_RATE
+        self.assertIn(f"rate={rate}r/s", n)
+        self.assertIn(f"burst={rate} nodelay", n)
+        self.assertIn(f"sc_http_req_rate(0) gt {rate}", h)
+        self.assertIn(f"requests_per_sec: {rate}, burst: {rate}", s)
+
     def test_plot_script_has_a_line_per_peer_and_percentile(self):
         script = harness.gnuplot_script("d.dat", "o.svg", ["seawall", "nginx"])
         self.assertEqual(script.count("linespoints"), 6)
