@@ -218,7 +218,7 @@ http {{
     {log}
     keepalive_requests 1000000;
     keepalive_timeout 300s;
-    limit_req_zone $server_name zone=plan:1m rate={THROTTLE_RATE}r/s;
+    limit_req_zone $server_port zone=plan:1m rate={THROTTLE_RATE}r/s;
     limit_req_status 429;
     upstream backend {{
         server 127.0.0.1:{backend_port};

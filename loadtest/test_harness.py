@@ -84,7 +84,7 @@ class OhaTest(unittest.TestCase):
             h = harness.haproxy_conf(1001, 2000, d, access_log=False)
             s = harness.seawall_conf(1002, 1003, 2000, access_log=False, workdir=d)
         rate = harness.THROTTLE_RATE
-        self.assertIn(f"rate={rate}r/s", n)
+        self.assertIn(f"limit_req_zone $server_port zone=plan:1m rate={rate}r/s", n)
         self.assertIn(f"burst={rate} nodelay", n)
         self.assertIn(f"sc_http_req_rate(0) gt {rate}", h)
         self.assertIn(f"requests_per_sec: {rate}, burst: {rate}", s)
