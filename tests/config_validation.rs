@@ -358,6 +358,23 @@ routes:
 }
 
 #[test]
+fn caching_is_refused_as_not_supported_yet() {
+    let errors = errors_of(
+        r#"
+listeners: [{ name: public, address: 127.0.0.1:8080 }]
+admin: { address: 127.0.0.1:9090 }
+cache_storage: { max_bytes: 1048576 }
+upstreams: { crm: { targets: ["127.0.0.1:9"] } }
+routes:
+  - { id: a, match: { path: "/a" }, upstream: crm, timeout_ms: 100, cache: { ttl_secs: 60 } }
+"#,
+    );
+    assert_error(&errors, "cache_storage", &["not supported by this version yet"]);
+    assert_error(&errors, "routes[0].cache", &["not supported by this version yet"]);
+    assert_eq!(errors.len(), 2, "reported:\n{}", render(&errors));
+}
+
+#[test]
 fn a_tls_listener_reports_each_missing_file() {
     let dir = tempfile::tempdir().unwrap();
     let cert = dir.path().join("server.pem");

@@ -370,6 +370,9 @@ fn parse_sections(tree: Value, errors: &mut Vec<ConfigError>) -> Option<schema::
     let jwt_providers = named(sections.remove("jwt_providers"), "jwt_providers", errors);
     let token_issuer = optional(sections.remove("token_issuer"), "token_issuer", errors);
     let upstreams = named(sections.remove("upstreams"), "upstreams", errors);
+    if sections.remove("cache_storage").is_some() {
+        errors.push(ConfigError::at("cache_storage", "caching is not supported by this version yet"));
+    }
     let routes = match sections.remove("routes") {
         Some(v) => list(v, "routes", errors),
         None => Vec::new(),

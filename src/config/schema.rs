@@ -181,6 +181,8 @@ pub struct RouteSection {
     pub max_body_bytes: Option<u64>,
     pub rate_limit: Option<RateLimitSection>,
     pub on_error: Option<OnErrorSection>,
+    /// Parsed only to say it is not supported yet.
+    pub cache: Option<serde_yaml_ng::Value>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -225,6 +227,7 @@ pub const TOP_LEVEL_KEYS: &[&str] = &[
     "token_issuer",
     "upstreams",
     "routes",
+    "cache_storage",
 ];
 
 /// The file as parsed section by section: an element that failed to parse is `None`, so the

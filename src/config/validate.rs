@@ -384,6 +384,10 @@ fn route(
             Some(parsed)
         }
     };
+    if r.cache.is_some() {
+        err(format!("{path}.cache"), "caching is not supported by this version yet".into());
+        ok = false;
+    }
     let upstream = match (&r.upstream, &r.mediation) {
         (_, Some(_)) => {
             err(format!("{path}.mediation"), "mediations (SOAP/SQL) are not supported by this version yet".into());
