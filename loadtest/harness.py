@@ -54,6 +54,8 @@ class Scenario:
     listener: str = "plain"
     # A new connection, so a new full TLS handshake, for every request (no session resumption).
     new_connection: bool = False
+    # Answers are expected to be refusals (429 from a usage plan): non-2xx are not errors.
+    refused: bool = False
 
 
 SCENARIOS = [
@@ -66,6 +68,8 @@ SCENARIOS = [
     # nginx (open source) has no JWT check.
     Scenario("genesys_route", "GET, IP allowlist + JWT RS256, small JSON, 50 connections", "/secure",
              bearer=True, peers=("seawall", "haproxy")),
+    # Nearly every request over the route's usage plan: the cost of a refusal (429).
+    Scenario("throttled", "GET over a 50 req/s usage plan: 429s, 50 connections", "/limited", refused=True),
     Scenario("tls_small", "HTTPS keep-alive (ECDSA P-256, TLS 1.3), small JSON, 50 connections", "/small",
              listener="tls"),
     Scenario("tls_handshake", "HTTPS, a new connection and full handshake per request, 50 connections", "/small",
@@ -101,14 +105,14 @@ def parse_wrk(output):
     rps = re.search(r"^Requests/sec:\s*([\d.]+)", output, re.M)
     if not requests or not rps:
         raise ValueError("not wrk output: " + output[:200])
-    errors = 0
+    socket_errors = 0
     sock = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", output)
     if sock:
-        errors += sum(int(x) for x in sock.groups())
+        socket_errors += sum(int(x) for x in sock.groups())
     non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
-    if non2xx:
-        errors += int(non2xx.group(1))
-    return {"requests": int(requests.group(1)), "rps": float(rps.group(1)), "errors": errors}
+    non2xx = int(non2xx.group(1)) if non2xx else 0
+    return {"requests": int(requests.group(1)), "rps": float(rps.group(1)), "errors": socket_errors + non2xx,
+            "socket_errors": socket_errors, "non2xx": non2xx}
 
 
 OHA_CUT_OFF = "aborted due to deadline"
@@ -580,6 +584,8 @@ def measure(peer, scenario, duration, workdir, token=None):
     run_load(peer, scenario, 1, workdir, token)
     before = peer.cpu_ticks()
     result = run_load(peer, scenario, duration, workdir, token)
+    if scenario.refused:
+        result["errors"] = result.get("socket_errors", result["errors"])
     after = peer.cpu_ticks()
     cpu_seconds = (after - before) / CLK_TCK
     result["cpu_us_per_request"] = cpu_seconds * 1e6 / result["requests"] if result["requests"] else float("nan")

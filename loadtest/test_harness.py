@@ -27,6 +27,7 @@ class ParsingTest(unittest.TestCase):
         self.assertEqual(r["requests"], 410123)
         self.assertAlmostEqual(r["rps"], 41012.30)
         self.assertEqual(r["errors"], 7)
+        self.assertEqual(r["socket_errors"] + r["non2xx"], 7)
 
     def test_wrk_clean_output_has_no_errors(self):
         clean = "\n".join(l for l in WRK_OUTPUT.splitlines() if "errors" not in l and "Non-2xx" not in l)
