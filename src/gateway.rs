@@ -154,7 +154,17 @@ impl Gateway {
     /// CAs, upstreams' CAs and client certificates.
     pub fn certificates(&self) -> Vec<NamedCertificate> {
         let listeners = self.tls_listeners.iter().flatten().flat_map(|l| l.certificates());
-        listeners.chain(self.upstreams.iter().flat_map(|u| u.certificates())).collect()
+        let mut all: Vec<NamedCertificate> =
+            listeners.chain(self.upstreams.iter().flat_map(|u| u.certificates())).collect();
+        let mut seen = std::collections::HashMap::new();
+        for c in &mut all {
+            let count = seen.entry(c.name.clone()).or_insert(0u32);
+            *count += 1;
+            if *count > 1 {
+                c.name = format!("{}#{count}", c.name);
+            }
+        }
+        all
     }
 
     /// Counts one request in progress until the returned guard drops.

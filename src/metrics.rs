@@ -285,8 +285,10 @@ impl Metrics {
         self.config_reloads.with_label_values(&[if ok { "success" } else { "failure" }]).inc();
     }
 
-    /// Sets the expiry gauge of each certificate (names come from the config: a bounded set).
+    /// Sets the expiry gauge to exactly these certificates (a reload drops the ones no longer
+    /// in use). Names come from the configured files: a bounded set.
     pub fn certificate_expiry(&self, certificates: &[crate::tls::expiry::NamedCertificate]) {
+        self.certificate_expiry.reset();
         for c in certificates {
             self.certificate_expiry.with_label_values(&[c.name.as_str()]).set(c.not_after);
         }

@@ -41,6 +41,9 @@ use crate::throttle::Caller;
 use crate::tls::client_cert::{ClientCertificate, Verdict};
 use crate::upstream::{Deadline, UpstreamPass};
 
+/// The shortest per-write timeout towards the caller.
+const MIN_WRITE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
+
 pub struct SeawallProxy {
     gateway: Arc<Gateway>,
 }
@@ -255,12 +258,13 @@ impl SeawallProxy {
     /// The client certificate, where the listener (`client_auth.mode: required`) or the route
     /// (`auth.client_cert: required`) asks for one: verified in the handshake, and allowed by
     /// the listener's names and pins.
-    fn check_client_certificate(&self, session: &Session, route: &RouteConfig) -> Result<(), Problem> {
+    /// `route: None` checks only the listener's own requirement.
+    fn check_client_certificate(&self, session: &Session, route: Option<&RouteConfig>) -> Result<(), Problem> {
         let certificate = session
             .digest()
             .and_then(|d| d.ssl_digest.as_ref())
             .and_then(|tls| tls.extension.get::<ClientCertificate>());
-        let route_requires = route.auth.as_ref().is_some_and(|a| a.client_cert);
+        let route_requires = route.and_then(|r| r.auth.as_ref()).is_some_and(|a| a.client_cert);
         if !route_requires && !certificate.is_some_and(|c| c.required) {
             return Ok(());
         }
@@ -271,7 +275,8 @@ impl SeawallProxy {
         let reason = verdict.reason();
         self.gateway.metrics.auth_rejection(AuthLayer::Mtls, reason);
         let subject = certificate.and_then(|c| c.subject.as_deref()).unwrap_or("");
-        tracing::info!(route = %route.id, reason, subject, "client certificate not allowed");
+        let route = route.map(|r| r.id.as_str()).unwrap_or("");
+        tracing::info!(route, reason, subject, "client certificate not allowed");
         Err(Problem::ClientCertRejected { reason })
     }
 
@@ -305,7 +310,7 @@ impl SeawallProxy {
                 return Err(Problem::IpNotAllowed);
             }
         }
-        self.check_client_certificate(session, route)?;
+        self.check_client_certificate(session, Some(route))?;
 
         // A declared length over the limit is refused before any upstream is touched.
         let declared = req
@@ -359,6 +364,13 @@ impl ProxyHttp for SeawallProxy {
         ctx.peer_ip = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip());
         ctx.client_ip = ctx.peer_ip;
         ctx.body_complete = session.is_body_empty();
+        // A `client_auth.mode: required` listener refuses a certificate it does not allow before
+        // anything else answers (routes, 404s, the token issuer).
+        if let Err(problem) = self.check_client_certificate(session, None) {
+            self.respond(session, ctx, &problem).await;
+            ctx.problem = Some(problem);
+            return Ok(true);
+        }
         if let Some(issuer) = &self.gateway.token_issuer {
             let path = session.req_header().uri.path();
             if path == issuer.path || path == issuer::JWKS_PATH {
@@ -379,6 +391,9 @@ impl ProxyHttp for SeawallProxy {
                 if route.retries > 0 {
                     session.enable_retry_buffering();
                 }
+                // A caller that stops reading must not hold the upstream's bulkhead slot (or a
+                // circuit probe) for good: no single write may wait longer than the deadline.
+                session.set_write_timeout(Some(route.timeout.max(MIN_WRITE_TIMEOUT)));
                 Ok(false)
             }
             Err(problem) => {

@@ -88,13 +88,17 @@ impl UsagePlan {
     }
 }
 
-/// `q` and `w` of `RateLimit-Policy`: per second when the rate is a whole number, else per
-/// minute (0.5 requests/s is `q=30;w=60`).
+/// `q` and `w` of `RateLimit-Policy`: per second when the rate is a whole number, else over the
+/// shortest window of whole seconds holding at least one request (0.5 requests/s is `q=1;w=2`,
+/// 0.125 is `q=1;w=8`). `q` is rounded down: the policy never promises more than the plan.
 fn policy_window(requests_per_sec: f64) -> (u64, u64) {
     if requests_per_sec >= 1.0 && requests_per_sec.fract() == 0.0 {
         (requests_per_sec as u64, 1)
+    } else if requests_per_sec >= 1.0 {
+        ((requests_per_sec * 60.0).floor() as u64, 60)
     } else {
-        ((requests_per_sec * 60.0).round().max(1.0) as u64, 60)
+        let window = (1.0 / requests_per_sec).ceil();
+        ((requests_per_sec * window).floor().max(1.0) as u64, window as u64)
     }
 }
 
@@ -149,7 +153,9 @@ mod tests {
         assert!(plan.check(&caller).is_ok());
         let limited = plan.check(&caller).unwrap_err();
         assert_eq!(limited.retry_after_secs, 2);
-        assert_eq!(limited.policy, "\"client\";q=30;w=60");
+        assert_eq!(limited.policy, "\"client\";q=1;w=2");
+        assert_eq!(policy_window(0.125), (1, 8));
+        assert_eq!(policy_window(2.5), (150, 60));
         assert_eq!(limited.state, "\"client\";r=0;t=2");
         // Another client has its own bucket.
         assert!(plan.check(&Caller::Client("other".into())).is_ok());

@@ -637,7 +637,7 @@ routes:
         ("upstreams.crm.circuit_breaker.window_secs", "between 1 and 3600"),
         ("upstreams.crm.circuit_breaker.open_secs", "between 1 and 3600"),
         ("upstreams.crm.circuit_breaker.probes", "between 1 and 100"),
-        ("routes[0].rate_limit.requests_per_sec", "above 0"),
+        ("routes[0].rate_limit.requests_per_sec", "one a day"),
         ("routes[0].rate_limit.burst", "1 to 1000000"),
         ("routes[0].rate_limit.key", "needs `auth.jwt`"),
         ("routes[1].rate_limit.key", "`everyone` is not one of route, client, ip"),

@@ -182,6 +182,10 @@ async fn required_mode_refuses_in_the_handshake_every_certificate_that_does_not_
     assert!(
         metrics.contains(r#"seawall_certificate_expiry_timestamp_seconds{name="public/ca/Test Genesys client CA"}"#)
     );
+    // The CRL's nextUpdate is watched like a certificate's end: past it, every client is refused.
+    assert!(
+        metrics.contains(r#"seawall_certificate_expiry_timestamp_seconds{name="public/crl/Test Genesys client CA"}"#)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -206,11 +210,14 @@ async fn a_verified_certificate_outside_the_allowed_names_or_pins_gets_403() {
     assert!(!body.contains("eu-west-1"), "certificate details leaked: {body}");
     let (status, body) = pki.caller(Some(&same_name_unpinned)).get(gw.addr, "/lookup").await.unwrap();
     assert_eq!((status, problem_code(&body).as_str()), (403, "client_cert_rejected"));
+    // Refused before anything else answers: no 404 to map the routes with.
+    let (status, body) = pki.caller(Some(&other_name)).get(gw.addr, "/nowhere").await.unwrap();
+    assert_eq!((status, problem_code(&body).as_str()), (403, "client_cert_rejected"));
 
     assert_eq!(backend.received().len(), 1);
     let metrics = gw.metrics().await;
     assert!(
-        metrics.contains(r#"seawall_auth_rejections_total{layer="mtls",reason="name_not_allowed"} 1"#),
+        metrics.contains(r#"seawall_auth_rejections_total{layer="mtls",reason="name_not_allowed"} 2"#),
         "{metrics}"
     );
     assert!(metrics.contains(r#"seawall_auth_rejections_total{layer="mtls",reason="not_pinned"} 1"#), "{metrics}");

@@ -522,6 +522,8 @@ fn on_error(
 
 /// Highest rate and burst a usage plan may name: beyond this a limit protects nothing.
 const MAX_RATE: f64 = 1_000_000.0;
+/// Lowest rate: one request a day.
+const MIN_RATE: f64 = 1.0 / 86_400.0;
 
 fn rate_limit(
     path: &str,
@@ -532,11 +534,11 @@ fn rate_limit(
     let path = format!("{path}.rate_limit");
     let mut ok = true;
     let rps = r.requests_per_sec;
-    if !(rps.is_finite() && rps > 0.0 && rps <= MAX_RATE) {
+    if !(rps.is_finite() && (MIN_RATE..=MAX_RATE).contains(&rps)) {
         err(
             format!("{path}.requests_per_sec"),
             format!(
-                "{rps} is not a rate: give requests per second, above 0 and at most 1000000 (0.5 is one every 2 s)"
+                "{rps} is not a rate: give requests per second, from 0.0000116 (one a day) to 1000000 (0.5 is one every 2 s)"
             ),
         );
         ok = false;

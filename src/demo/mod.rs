@@ -77,7 +77,8 @@ fn demo_material() -> Result<PathBuf, String> {
         .map_err(|e| e.to_string())?;
     let ca = dev_certs::ca("Seawall demo CA").map_err(|e| e.to_string())?;
     ca.write(&dir, "ca").map_err(|e| e.to_string())?;
-    let valid = Validity { from_days: -1, to_days: 30 };
+    // Longer than the 30-day expiry warning, so the demo starts without one.
+    let valid = Validity { from_days: -1, to_days: 90 };
     for (name, cn, usage) in [
         ("server", "localhost", Usage::Server),
         ("client", "dataactions.dev.local", Usage::Client),

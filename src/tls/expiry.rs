@@ -9,8 +9,9 @@ use openssl::x509::X509Ref;
 /// Warn from this long before expiry.
 pub const WARN_BEFORE_SECS: i64 = 30 * 86_400;
 
-/// A certificate the gateway depends on, by a stable name (`LISTENER/server`,
-/// `LISTENER/ca/CN`, `upstream/NAME/ca/CN`, `upstream/NAME/client`).
+/// A certificate (or CRL) the gateway depends on, by a stable name (`LISTENER/server`,
+/// `LISTENER/ca/CN`, `LISTENER/crl/ISSUER-CN`, `upstream/NAME/ca/CN`, `upstream/NAME/client`;
+/// a name seen twice, such as an old and a new CA with one CN, gets `#2`, `#3`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NamedCertificate {
     pub name: String,
@@ -24,7 +25,8 @@ impl NamedCertificate {
     }
 }
 
-fn unix_seconds(time: &openssl::asn1::Asn1TimeRef) -> i64 {
+/// An ASN.1 time as Unix seconds.
+pub fn unix_seconds(time: &openssl::asn1::Asn1TimeRef) -> i64 {
     // Asn1Time has no direct conversion: measure from the epoch.
     let epoch = Asn1Time::from_unix(0).expect("the epoch is a valid time");
     match epoch.diff(time) {

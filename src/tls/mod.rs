@@ -198,7 +198,12 @@ impl ServerTls {
                 }
                 if !auth.crl.is_empty() {
                     for path in &auth.crl {
-                        check_crl(path, &cas)?;
+                        for (issuer, next_update) in check_crls(path, &cas)? {
+                            certificates.push(NamedCertificate {
+                                name: format!("{listener}/crl/{issuer}"),
+                                not_after: next_update,
+                            });
+                        }
                         let lookup = store.add_lookup(X509Lookup::file()).map_err(|e| e.to_string())?;
                         lookup
                             .load_crl_file(path, SslFiletype::PEM)
@@ -235,10 +240,22 @@ fn read_certificates(path: &std::path::Path) -> Result<Vec<X509>, String> {
     Ok(certs)
 }
 
-/// A CRL must be signed by one of the client CAs and still current: OpenSSL refuses every
-/// client certificate of a CA whose CRL is unusable, so such a file is an error at load time.
-fn check_crl(path: &std::path::Path, cas: &[X509]) -> Result<(), String> {
-    let crl = X509Crl::from_pem(&read(path)?).map_err(|e| format!("`{}` is not a PEM CRL: {e}", path.display()))?;
+/// Every CRL in a file must be signed by one of the client CAs and still current: OpenSSL
+/// refuses every client certificate of a CA whose CRL is unusable, so such a file is an error at
+/// load time. Returns each CRL's issuer (common name) and `nextUpdate` (Unix seconds), which the
+/// expiry gauge and warnings watch like a certificate's end.
+fn check_crls(path: &std::path::Path, cas: &[X509]) -> Result<Vec<(String, i64)>, String> {
+    const END: &str = "-----END X509 CRL-----";
+    let text = String::from_utf8(read(path)?).map_err(|_| format!("`{}` is not a PEM CRL file", path.display()))?;
+    let blocks: Vec<&str> = text.split_inclusive(END).filter(|b| b.contains(END)).collect();
+    if blocks.is_empty() {
+        return Err(format!("`{}` holds no PEM CRL", path.display()));
+    }
+    blocks.iter().map(|block| check_crl(path, block.as_bytes(), cas)).collect()
+}
+
+fn check_crl(path: &std::path::Path, pem: &[u8], cas: &[X509]) -> Result<(String, i64), String> {
+    let crl = X509Crl::from_pem(pem).map_err(|e| format!("`{}` is not a PEM CRL: {e}", path.display()))?;
     let issuer = cas
         .iter()
         .find(|ca| ca.subject_name().try_cmp(crl.issuer_name()).is_ok_and(|o| o.is_eq()))
@@ -256,5 +273,6 @@ fn check_crl(path: &std::path::Path, cas: &[X509]) -> Result<(), String> {
             ));
         }
     }
-    Ok(())
+    let next_update = crl.next_update().map(expiry::unix_seconds).unwrap_or(i64::MAX);
+    Ok((client_cert::common_name(issuer), next_update))
 }

@@ -16,9 +16,10 @@ use crate::config::CircuitBreakerConfig;
 /// Whether a call may go to the upstream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Admission {
-    /// `probe`: one of the half-open circuit's trial calls; its outcome decides the state.
+    /// `probe`: the half-open round this call is a trial of (its outcome decides the state);
+    /// `None` for an ordinary call.
     Allowed {
-        probe: bool,
+        probe: Option<u64>,
     },
     Refused {
         retry_after_secs: u64,
@@ -45,6 +46,9 @@ impl Phase {
 
 struct State {
     phase: Phase,
+    /// Bumped each time the circuit opens, so a probe of an earlier half-open round that ends
+    /// late is not taken for one of the current round.
+    round: u64,
     /// Calls that ended while closed: [ok, failed].
     window: SecondsWindow,
 }
@@ -63,7 +67,7 @@ impl CircuitBreaker {
     pub fn new(config: CircuitBreakerConfig, clock: Clock, gauge: IntGauge) -> CircuitBreaker {
         gauge.set(0);
         let window = SecondsWindow::new(config.window_secs);
-        CircuitBreaker { config, clock, state: Mutex::new(State { phase: Phase::Closed, window }), gauge }
+        CircuitBreaker { config, clock, state: Mutex::new(State { phase: Phase::Closed, round: 0, window }), gauge }
     }
 
     pub fn admit(&self) -> Admission {
@@ -78,29 +82,32 @@ impl CircuitBreaker {
         match state.phase {
             Phase::HalfOpen { in_flight, succeeded } if in_flight + succeeded < self.config.probes => {
                 state.phase = Phase::HalfOpen { in_flight: in_flight + 1, succeeded };
-                Admission::Allowed { probe: true }
+                Admission::Allowed { probe: Some(state.round) }
             }
             Phase::HalfOpen { .. } => Admission::Refused { retry_after_secs: 1 },
-            _ => Admission::Allowed { probe: false },
+            _ => Admission::Allowed { probe: None },
         }
     }
 
     /// How an admitted call ended: `Some(true)` ok, `Some(false)` error or timeout, `None` when
     /// it says nothing about the upstream (the caller went away, or never got that far).
-    pub fn record(&self, probe: bool, ok: Option<bool>) {
+    pub fn record(&self, probe: Option<u64>, ok: Option<bool>) {
         let now = self.clock.elapsed();
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        match (state.phase, probe) {
+        let current_probe = probe.is_some_and(|round| round == state.round);
+        match (state.phase, current_probe) {
             (Phase::HalfOpen { in_flight, succeeded }, true) => match ok {
                 Some(false) => self.trip(&mut state, now),
                 Some(true) if succeeded + 1 >= self.config.probes => {
                     state.window.clear();
                     self.set(&mut state, Phase::Closed);
                 }
-                Some(true) => state.phase = Phase::HalfOpen { in_flight: in_flight - 1, succeeded: succeeded + 1 },
+                Some(true) => {
+                    state.phase = Phase::HalfOpen { in_flight: in_flight.saturating_sub(1), succeeded: succeeded + 1 }
+                }
                 None => state.phase = Phase::HalfOpen { in_flight: in_flight.saturating_sub(1), succeeded },
             },
-            (Phase::Closed, _) => {
+            (Phase::Closed, false) if probe.is_none() => {
                 let Some(ok) = ok else { return };
                 let second = now.as_secs();
                 state.window.add(second, if ok { OK } else { FAILED });
@@ -119,6 +126,7 @@ impl CircuitBreaker {
 
     fn trip(&self, state: &mut State, now: Duration) {
         state.window.clear();
+        state.round += 1;
         self.set(state, Phase::Open { until: now + self.config.open });
     }
 
@@ -180,14 +188,14 @@ mod tests {
         clock.advance(Duration::from_secs(1));
         // Half-open: two probes at a time, the third waits.
         let first = b.admit();
-        assert_eq!(first, Admission::Allowed { probe: true });
+        assert_eq!(first, Admission::Allowed { probe: Some(1) });
         assert_eq!(gauge.get(), 2);
-        assert_eq!(b.admit(), Admission::Allowed { probe: true });
+        assert_eq!(b.admit(), Admission::Allowed { probe: Some(1) });
         assert!(matches!(b.admit(), Admission::Refused { .. }));
-        b.record(true, Some(true));
-        b.record(true, Some(true));
+        b.record(Some(1), Some(true));
+        b.record(Some(1), Some(true));
         assert_eq!(gauge.get(), 0, "both probes succeeded: closed");
-        assert_eq!(b.admit(), Admission::Allowed { probe: false });
+        assert_eq!(b.admit(), Admission::Allowed { probe: None });
     }
 
     #[test]
@@ -208,8 +216,30 @@ mod tests {
         }
         assert_eq!(gauge.get(), 1);
         clock.advance(Duration::from_secs(30));
-        assert_eq!(call(&b, false), Admission::Allowed { probe: true });
+        assert_eq!(call(&b, false), Admission::Allowed { probe: Some(1) });
         assert_eq!(gauge.get(), 1, "the probe failed: open again");
         assert!(matches!(b.admit(), Admission::Refused { .. }));
+    }
+
+    #[test]
+    fn a_late_probe_of_an_earlier_round_decides_nothing() {
+        let (b, clock, gauge) = breaker();
+        for _ in 0..10 {
+            call(&b, false);
+        }
+        clock.advance(Duration::from_secs(30));
+        let (Admission::Allowed { probe: first }, Admission::Allowed { probe: late }) = (b.admit(), b.admit()) else {
+            panic!("two probes expected");
+        };
+        b.record(first, Some(false));
+        assert_eq!(gauge.get(), 1, "open again");
+        clock.advance(Duration::from_secs(30));
+        let Admission::Allowed { probe: current } = b.admit() else { panic!("a probe expected") };
+        // The earlier round's second probe ends now: it neither closes nor unbalances the round.
+        b.record(late, Some(true));
+        assert_eq!(gauge.get(), 2);
+        b.record(current, Some(true));
+        assert_eq!(gauge.get(), 2, "one of two probes succeeded: still half-open");
+        assert!(matches!(b.admit(), Admission::Allowed { probe: Some(_) }));
     }
 }

@@ -63,7 +63,8 @@ pub struct Upstream {
 /// a half-open circuit's probes. Handed back to [`Upstream::finish`] when the request ends.
 pub struct UpstreamPass {
     _slot: Option<InflightSlot>,
-    probe: bool,
+    /// The half-open round this call probes, if it is a probe.
+    probe: Option<u64>,
 }
 
 impl Upstream {
@@ -92,7 +93,7 @@ impl Upstream {
         let probe = match self.breaker.as_ref().map(CircuitBreaker::admit) {
             Some(Admission::Refused { retry_after_secs }) => return Err(Problem::CircuitOpen { retry_after_secs }),
             Some(Admission::Allowed { probe }) => probe,
-            None => false,
+            None => None,
         };
         let slot = if self.max_inflight == 0 {
             None
