@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use common::{json, problem_code, Backend, TestGateway};
 
 const BASE: &str = r#"
@@ -301,4 +302,46 @@ routes:
     // Without a budget: 4 attempts each, 1200. With it: 300 + 10/s × 10 s + 20% of 300.
     assert!((400..=470).contains(&attempts), "{attempts} attempts for 300 requests");
     task.abort();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_caller_that_stops_reading_does_not_hold_the_bulkhead() {
+    // 32 MB: far more than the loopback socket buffers can hold for a caller that reads nothing.
+    let big = Bytes::from(vec![b'x'; 32 * 1024 * 1024]);
+    let backend = Backend::start(move |r| {
+        let body = if r.uri.starts_with("/big") { big.clone() } else { Bytes::from_static(b"{}") };
+        Box::pin(async move { http::Response::builder().status(200).body(http_body_util::Full::new(body)).unwrap() })
+    })
+    .await;
+    let gw = start(
+        r#"
+upstreams: { crm: { targets: ["${BACKEND}"], max_inflight: 1 } }
+routes:
+  - id: any
+    match: { method: GET, path: "/{*rest}" }
+    upstream: crm
+    timeout_ms: 1000
+"#,
+        &backend,
+    );
+    use tokio::io::AsyncWriteExt;
+    let mut stuck = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    stuck.write_all(b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    while backend.received().is_empty() {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let client = reqwest::Client::new();
+    // While the stuck caller holds the only slot: 503 at once.
+    assert_eq!(client.get(gw.url("/small")).send().await.unwrap().status(), 503);
+    // Once a write has waited the route's deadline, the caller is cut off and the slot is free.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let status = client.get(gw.url("/small")).send().await.unwrap().status();
+        if status == 200 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the stuck caller still holds the slot");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    drop(stuck);
 }
