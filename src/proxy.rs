@@ -110,8 +110,9 @@ fn refused(problem: &Problem) -> Box<Error> {
 }
 
 impl SeawallProxy {
-    /// Writes a problem answer, or the route's degraded answer for it (`on_error`). The connection is closed when the request body was not read,
-    /// so unread bytes can never be taken for the next request.
+    /// Writes a problem answer, or the route's degraded answer for it (`on_error`). The
+    /// connection is closed when the request body was not read, so unread bytes can never be
+    /// taken for the next request.
     async fn respond(&self, session: &mut Session, ctx: &mut RequestCtx, problem: &Problem) {
         let degraded = ctx
             .route
@@ -257,8 +258,7 @@ impl SeawallProxy {
 
     /// The client certificate, where the listener (`client_auth.mode: required`) or the route
     /// (`auth.client_cert: required`) asks for one: verified in the handshake, and allowed by
-    /// the listener's names and pins.
-    /// `route: None` checks only the listener's own requirement.
+    /// the listener's names and pins. `route: None` checks only the listener's own requirement.
     fn check_client_certificate(&self, session: &Session, route: Option<&RouteConfig>) -> Result<(), Problem> {
         let certificate = session
             .digest()
