@@ -55,16 +55,25 @@ pub struct Upstream {
     /// Bulkhead: calls in flight allowed at once (0: no limit), counted in `inflight`.
     max_inflight: u32,
     inflight: Inflight,
-    breaker: Option<CircuitBreaker>,
+    breaker: Option<Arc<CircuitBreaker>>,
     pub retry_budget: RetryBudget,
 }
 
-/// A call let through to the upstream: holds its bulkhead slot, and says whether it is one of
-/// a half-open circuit's probes. Handed back to [`Upstream::finish`] when the request ends.
+/// A call let through to the upstream: holds its bulkhead slot and, for a half-open circuit's
+/// probe, the probe. Handed back to [`Upstream::finish`] when the request ends; dropped without
+/// that (a request that never got there), it still frees both.
 pub struct UpstreamPass {
     _slot: Option<InflightSlot>,
-    /// The half-open round this call probes, if it is a probe.
-    probe: Option<u64>,
+    /// The breaker and the half-open round this call probes, while the outcome is unreported.
+    probe: Option<(Arc<CircuitBreaker>, u64)>,
+}
+
+impl Drop for UpstreamPass {
+    fn drop(&mut self) {
+        if let Some((breaker, round)) = self.probe.take() {
+            breaker.record(Some(round), None);
+        }
+    }
 }
 
 impl Upstream {
@@ -82,7 +91,7 @@ impl Upstream {
             connect_timeout: config.connect_timeout,
             max_inflight: config.max_inflight,
             inflight: Inflight::new(),
-            breaker: config.circuit_breaker.map(|b| CircuitBreaker::new(b, clock.clone(), circuit_gauge)),
+            breaker: config.circuit_breaker.map(|b| Arc::new(CircuitBreaker::new(b, clock.clone(), circuit_gauge))),
             retry_budget: RetryBudget::new(clock.clone()),
         })
     }
@@ -90,7 +99,7 @@ impl Upstream {
     /// Lets a call through, or refuses it at once: the circuit is open (503 `circuit_open`) or
     /// `max_inflight` calls are already in flight (503 `backend_overloaded`). Nothing queues.
     pub fn admit(&self) -> Result<UpstreamPass, Problem> {
-        let probe = match self.breaker.as_ref().map(CircuitBreaker::admit) {
+        let probe = match self.breaker.as_deref().map(CircuitBreaker::admit) {
             Some(Admission::Refused { retry_after_secs }) => return Err(Problem::CircuitOpen { retry_after_secs }),
             Some(Admission::Allowed { probe }) => probe,
             None => None,
@@ -109,14 +118,15 @@ impl Upstream {
             Some(slot)
         };
         self.retry_budget.deposit();
+        let probe = probe.and_then(|round| Some((Arc::clone(self.breaker.as_ref()?), round)));
         Ok(UpstreamPass { _slot: slot, probe })
     }
 
     /// Ends a call let through by [`Self::admit`]: frees its slot and tells the breaker how it
     /// went (`None`: it says nothing about the upstream).
-    pub fn finish(&self, pass: UpstreamPass, ok: Option<bool>) {
+    pub fn finish(&self, mut pass: UpstreamPass, ok: Option<bool>) {
         if let Some(breaker) = &self.breaker {
-            breaker.record(pass.probe, ok);
+            breaker.record(pass.probe.take().map(|(_, round)| round), ok);
         }
     }
 
@@ -205,4 +215,41 @@ fn load_tls(upstream: &str, tls: &UpstreamTls) -> Result<TlsMaterial, String> {
         }
     };
     Ok(TlsMaterial { sni: tls.sni.clone(), ca, client, certificates })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::CircuitBreakerConfig;
+
+    #[test]
+    fn a_pass_dropped_without_finish_frees_its_slot_and_probe() {
+        let clock = Clock::default();
+        let config = UpstreamConfig {
+            name: "crm".into(),
+            targets: vec!["127.0.0.1:9".parse().unwrap()],
+            host: "127.0.0.1:9".into(),
+            tls: None,
+            connect_timeout: Duration::from_secs(1),
+            max_inflight: 1,
+            circuit_breaker: Some(CircuitBreakerConfig {
+                failure_ratio: 0.5,
+                min_requests: 1,
+                window_secs: 10,
+                open: Duration::from_secs(5),
+                probes: 1,
+            }),
+        };
+        let upstream = Upstream::new(&config, &clock, IntGauge::new("g", "g").unwrap()).unwrap();
+        let pass = upstream.admit().unwrap();
+        assert_eq!(upstream.admit().err(), Some(Problem::BackendOverloaded), "one slot");
+        upstream.finish(pass, Some(false));
+        assert!(matches!(upstream.admit(), Err(Problem::CircuitOpen { .. })));
+        clock.advance(Duration::from_secs(5));
+        let probe = upstream.admit().unwrap();
+        drop(probe); // e.g. the request ended before reaching the upstream, without `finish`
+        let probe = upstream.admit().expect("the dropped probe and its slot were given back");
+        upstream.finish(probe, Some(true));
+        assert!(upstream.admit().is_ok(), "closed again");
+    }
 }
