@@ -179,7 +179,8 @@ mod tests {
     #[test]
     fn pingora_limits_rate_cannot_hold_a_usage_plan() {
         // What a windowed estimator allows: the whole limit at the end of one window and again
-        // at the start of the next, twice the rate within one second.
+        // at the start of the next, twice the rate within one second. `Rate` reads the real
+        // clock (nothing to inject), hence the one real pause in these tests.
         let rate = pingora_limits::rate::Rate::new(Duration::from_secs(1));
         let limit = 50;
         let mut passed = 0;
