@@ -34,15 +34,20 @@ impl Issued {
 
     /// Writes `NAME.pem` and `NAME.key` (mode 0600) into `dir`; returns their paths.
     pub fn write(&self, dir: &Path, name: &str) -> std::io::Result<(PathBuf, PathBuf)> {
-        use std::io::Write;
-        use std::os::unix::fs::OpenOptionsExt;
         let cert = dir.join(format!("{name}.pem"));
         let key = dir.join(format!("{name}.key"));
         std::fs::write(&cert, self.cert_pem())?;
-        let mut file = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&key)?;
-        file.write_all(&self.key_pem())?;
+        write_private(&key, &self.key_pem())?;
         Ok((cert, key))
     }
+}
+
+/// Writes a private key readable by this user only (mode 0600).
+pub fn write_private(path: &Path, pem: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path)?;
+    file.write_all(pem)
 }
 
 /// What a leaf certificate is for.

@@ -90,8 +90,7 @@ impl Gateway {
         let token_issuer = match &config.token_issuer {
             None => None,
             Some(t) => {
-                let built = std::fs::read(&t.signing_key)
-                    .map_err(|e| format!("cannot read `{}`: {e}", t.signing_key.display()))
+                let built = crate::tls::pem::read(&t.signing_key)
                     .and_then(|pem| TokenIssuer::new(&t.path, &t.issuer, t.ttl_secs, t.clients.clone(), &pem));
                 match built {
                     Ok(issuer) => Some(issuer),
@@ -230,8 +229,7 @@ fn load_keys(p: &JwtProviderConfig) -> Result<Vec<ProviderKey>, (&'static str, S
         // Fetched by the JWKS refresher once the server runs.
         KeySource::JwksUri { .. } => return Ok(Vec::new()),
         KeySource::PublicKeyPem(path) => {
-            let pem = std::fs::read(path)
-                .map_err(|e| ("public_key_pem", format!("cannot read `{}`: {e}", path.display())))?;
+            let pem = crate::tls::pem::read(path).map_err(|e| ("public_key_pem", e))?;
             let key = key_from_pem(&pem).map_err(|e| ("public_key_pem", format!("`{}`: {e}", path.display())))?;
             ("public_key_pem", vec![key])
         }

@@ -26,6 +26,7 @@ pub mod genesys;
 pub mod lifecycle;
 pub mod logging;
 pub mod metrics;
+pub mod periodic;
 pub mod problem;
 pub mod proxy;
 pub mod reload;
@@ -106,10 +107,20 @@ pub fn build(config: Config) -> Result<Built, Vec<ConfigError>> {
     let certificates = gateway.certificates();
     if !certificates.is_empty() {
         tls::expiry::log_notices(&certificates, auth::jwt::unix_now() as i64);
-        server.add_service(background_service("certificate expiry", tls::expiry::ExpiryWatch(gateway.clone())));
+        let watched = gateway.clone();
+        let watch = periodic::Periodic::new(tls::expiry::WATCH_EVERY, move || {
+            tls::expiry::log_notices(&watched.certificates(), auth::jwt::unix_now() as i64)
+        });
+        server.add_service(background_service("certificate expiry", watch));
     }
     if gateway.usage_plans.iter().any(Option::is_some) {
-        server.add_service(background_service("usage plans", throttle::ForgetIdleCallers(gateway.clone())));
+        let plans = gateway.clone();
+        let forget = periodic::Periodic::new(throttle::FORGET_EVERY, move || {
+            plans.usage_plans.iter().flatten().for_each(|plan| {
+                plan.forget_idle();
+            })
+        });
+        server.add_service(background_service("usage plans", forget));
     }
     if gateway.jwks_sources.iter().any(Option::is_some) {
         server.add_service(background_service("jwks", auth::jwks::JwksRefresher { gateway: gateway.clone() }));

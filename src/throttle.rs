@@ -102,26 +102,8 @@ fn policy_window(requests_per_sec: f64) -> (u64, u64) {
     }
 }
 
-/// Drops idle callers' state every [`FORGET_EVERY`].
-pub struct ForgetIdleCallers(pub std::sync::Arc<crate::gateway::Gateway>);
-
-const FORGET_EVERY: Duration = Duration::from_secs(10);
-
-#[async_trait::async_trait]
-impl pingora::services::background::BackgroundService for ForgetIdleCallers {
-    async fn start(&self, mut shutdown: pingora::server::ShutdownWatch) {
-        loop {
-            tokio::select! {
-                _ = shutdown.changed() => return,
-                _ = tokio::time::sleep(FORGET_EVERY) => {
-                    for plan in self.0.usage_plans.iter().flatten() {
-                        plan.forget_idle();
-                    }
-                }
-            }
-        }
-    }
-}
+/// How often idle callers' state is dropped ([`UsagePlan::forget_idle`]).
+pub const FORGET_EVERY: Duration = Duration::from_secs(10);
 
 #[cfg(test)]
 mod tests {

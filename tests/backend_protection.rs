@@ -19,6 +19,17 @@ admin: { address: "127.0.0.1:${ADMIN_PORT}" }
 trusted_proxies: [127.0.0.0/8]
 "#;
 
+/// One route, `/limited`, to the backend under the given usage plan.
+fn limited_route(plan: &str) -> String {
+    format!(
+        r#"
+upstreams: {{ crm: {{ targets: ["${{BACKEND}}"] }} }}
+routes:
+  - {{ id: limited, match: {{ method: GET, path: "/limited" }}, rate_limit: {plan}, upstream: crm, timeout_ms: 2000 }}
+"#
+    )
+}
+
 fn start(rest: &str, backend: &Backend) -> TestGateway {
     TestGateway::start(&format!("{BASE}{rest}"), &[("BACKEND", backend.addr.to_string())])
 }
@@ -26,18 +37,7 @@ fn start(rest: &str, backend: &Backend) -> TestGateway {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_usage_plan_lets_through_its_burst_then_answers_429_until_a_token_is_free() {
     let backend = Backend::ok().await;
-    let gw = start(
-        r#"
-upstreams: { crm: { targets: ["${BACKEND}"] } }
-routes:
-  - id: limited
-    match: { method: GET, path: "/limited" }
-    rate_limit: { requests_per_sec: 2, burst: 5 }
-    upstream: crm
-    timeout_ms: 2000
-"#,
-        &backend,
-    );
+    let gw = start(&limited_route("{ requests_per_sec: 2, burst: 5 }"), &backend);
     let client = reqwest::Client::new();
     let get = || client.get(gw.url("/limited")).send();
     for _ in 0..5 {
@@ -66,18 +66,7 @@ routes:
 #[tokio::test(flavor = "multi_thread")]
 async fn under_a_steady_overload_the_backend_sees_the_limit_and_no_more() {
     let backend = Backend::ok().await;
-    let gw = start(
-        r#"
-upstreams: { crm: { targets: ["${BACKEND}"] } }
-routes:
-  - id: limited
-    match: { method: GET, path: "/limited" }
-    rate_limit: { requests_per_sec: 40, burst: 4 }
-    upstream: crm
-    timeout_ms: 2000
-"#,
-        &backend,
-    );
+    let gw = start(&limited_route("{ requests_per_sec: 40, burst: 4 }"), &backend);
     // About 5× the limit from 4 callers, for a bounded 2 seconds.
     let client = reqwest::Client::new();
     let started = Instant::now();
@@ -117,18 +106,7 @@ routes:
 #[tokio::test(flavor = "multi_thread")]
 async fn per_ip_plans_give_each_caller_its_own_budget() {
     let backend = Backend::ok().await;
-    let gw = start(
-        r#"
-upstreams: { crm: { targets: ["${BACKEND}"] } }
-routes:
-  - id: limited
-    match: { method: GET, path: "/limited" }
-    rate_limit: { requests_per_sec: 1, burst: 2, key: ip }
-    upstream: crm
-    timeout_ms: 2000
-"#,
-        &backend,
-    );
+    let gw = start(&limited_route("{ requests_per_sec: 1, burst: 2, key: ip }"), &backend);
     let client = reqwest::Client::new();
     // The test client is a trusted proxy: X-Forwarded-For names the caller.
     let from = |ip: &'static str| {

@@ -72,7 +72,8 @@ fn demo_material() -> Result<PathBuf, String> {
     // The private keys stay readable by this user only.
     std::fs::DirBuilder::new().recursive(true).mode(0o700).create(&dir).map_err(|e| e.to_string())?;
     let issuer = dev_certs::signing_key().map_err(|e| e.to_string())?;
-    write_private(&dir.join("issuer-es256.pem"), &issuer.private_key_to_pem_pkcs8().map_err(|e| e.to_string())?)?;
+    let private = issuer.private_key_to_pem_pkcs8().map_err(|e| e.to_string())?;
+    dev_certs::write_private(&dir.join("issuer-es256.pem"), &private).map_err(|e| e.to_string())?;
     std::fs::write(dir.join("issuer-es256.pub.pem"), issuer.public_key_to_pem().map_err(|e| e.to_string())?)
         .map_err(|e| e.to_string())?;
     let ca = dev_certs::ca("Seawall demo CA").map_err(|e| e.to_string())?;
@@ -88,19 +89,6 @@ fn demo_material() -> Result<PathBuf, String> {
         issued.write(&dir, name).map_err(|e| e.to_string())?;
     }
     Ok(dir)
-}
-
-fn write_private(path: &Path, pem: &[u8]) -> Result<(), String> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(|e| format!("cannot write `{}`: {e}", path.display()))?;
-    file.write_all(pem).map_err(|e| format!("cannot write `{}`: {e}", path.display()))
 }
 
 fn free_loopback_port() -> std::io::Result<SocketAddr> {

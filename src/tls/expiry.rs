@@ -73,26 +73,8 @@ pub fn log_notices(certs: &[NamedCertificate], now: i64) {
     }
 }
 
-/// Says again twice a day what expires soon, so a long-running gateway warns in time.
-pub struct ExpiryWatch(pub std::sync::Arc<crate::gateway::Gateway>);
-
-/// How often [`ExpiryWatch`] looks.
-const WATCH_EVERY: std::time::Duration = std::time::Duration::from_secs(12 * 3_600);
-
-#[async_trait::async_trait]
-impl pingora::services::background::BackgroundService for ExpiryWatch {
-    async fn start(&self, mut shutdown: pingora::server::ShutdownWatch) {
-        loop {
-            tokio::select! {
-                _ = shutdown.changed() => return,
-                _ = tokio::time::sleep(WATCH_EVERY) => {
-                    let certificates = self.0.certificates();
-                    log_notices(&certificates, crate::auth::jwt::unix_now() as i64);
-                }
-            }
-        }
-    }
-}
+/// How often a running gateway says again what expires soon, so it warns in time.
+pub const WATCH_EVERY: std::time::Duration = std::time::Duration::from_secs(12 * 3_600);
 
 #[cfg(test)]
 mod tests {

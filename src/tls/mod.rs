@@ -11,6 +11,7 @@
 
 pub mod client_cert;
 pub mod expiry;
+pub mod pem;
 
 use std::any::Any;
 use std::sync::Arc;
@@ -33,6 +34,7 @@ use crate::config::{ClientAuthMode, ListenerTlsConfig};
 use crate::metrics::{AuthLayer, Metrics};
 use client_cert::ClientCertificate;
 use expiry::NamedCertificate;
+use pem::{read, read_certificates, read_private_key};
 
 /// HTTP/2 first, then HTTP/1.1 (ALPN wire format).
 const ALPN_H2_H1: &[u8] = b"\x02h2\x08http/1.1";
@@ -155,9 +157,7 @@ fn verify_mode(mode: ClientAuthMode) -> SslVerifyMode {
 impl ServerTls {
     fn load(listener: &str, config: &ListenerTlsConfig) -> Result<ServerTls, String> {
         let chain = read_certificates(&config.cert)?;
-        let key_pem = read(&config.key)?;
-        let key = openssl::pkey::PKey::private_key_from_pem(&key_pem)
-            .map_err(|e| format!("`{}` is not a PEM private key: {e}", config.key.display()))?;
+        let key = read_private_key(&config.key)?;
 
         let mut builder = SslAcceptor::mozilla_intermediate_v5(SslMethod::tls())
             .map_err(|e| format!("cannot create a TLS context: {e}"))?;
@@ -224,20 +224,6 @@ impl ServerTls {
         };
         Ok(ServerTls { context: builder.build().into_context(), client_auth, certificates })
     }
-}
-
-fn read(path: &std::path::Path) -> Result<Vec<u8>, String> {
-    std::fs::read(path).map_err(|e| format!("cannot read `{}`: {e}", path.display()))
-}
-
-/// Every PEM certificate in a file; at least one.
-fn read_certificates(path: &std::path::Path) -> Result<Vec<X509>, String> {
-    let certs = X509::stack_from_pem(&read(path)?)
-        .map_err(|e| format!("`{}` is not a PEM certificate file: {e}", path.display()))?;
-    if certs.is_empty() {
-        return Err(format!("`{}` holds no PEM certificate", path.display()));
-    }
-    Ok(certs)
 }
 
 /// Every CRL in a file must be signed by one of the client CAs and still current: OpenSSL

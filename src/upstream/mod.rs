@@ -14,7 +14,6 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use http::HeaderValue;
-use pingora::tls::pkey::PKey;
 use pingora::tls::x509::X509;
 use pingora::upstreams::peer::{HttpPeer, HttpUpstreamRequestPolicy};
 use pingora::utils::tls::CertKey;
@@ -31,6 +30,7 @@ use crate::clock::Clock;
 use crate::config::{UpstreamConfig, UpstreamTls};
 use crate::problem::Problem;
 use crate::tls::expiry::NamedCertificate;
+use crate::tls::pem::{read_certificates, read_private_key};
 
 /// Idle upstream connections are closed after this long, before most backends' own idle
 /// timeouts (nginx 75 s, IIS 120 s) so a reused connection is rarely one the backend dropped.
@@ -185,12 +185,7 @@ fn load_tls(upstream: &str, tls: &UpstreamTls) -> Result<TlsMaterial, String> {
     let ca = match &tls.ca {
         None => None,
         Some(path) => {
-            let pem = std::fs::read(path).map_err(|e| format!("cannot read `{}`: {e}", path.display()))?;
-            let certs = X509::stack_from_pem(&pem)
-                .map_err(|e| format!("`{}` is not a PEM certificate bundle: {e}", path.display()))?;
-            if certs.is_empty() {
-                return Err(format!("`{}` holds no PEM certificate", path.display()));
-            }
+            let certs = read_certificates(path)?;
             for ca in &certs {
                 let name = format!("upstream/{upstream}/ca/{}", crate::tls::client_cert::common_name(ca));
                 certificates.push(NamedCertificate::new(name, ca));
@@ -201,15 +196,7 @@ fn load_tls(upstream: &str, tls: &UpstreamTls) -> Result<TlsMaterial, String> {
     let client = match &tls.client_cert {
         None => None,
         Some((cert_path, key_path)) => {
-            let pem = std::fs::read(cert_path).map_err(|e| format!("cannot read `{}`: {e}", cert_path.display()))?;
-            let certs = X509::stack_from_pem(&pem)
-                .map_err(|e| format!("`{}` is not a PEM certificate: {e}", cert_path.display()))?;
-            let key = std::fs::read(key_path).map_err(|e| format!("cannot read `{}`: {e}", key_path.display()))?;
-            let key = PKey::private_key_from_pem(&key)
-                .map_err(|e| format!("`{}` is not a PEM private key: {e}", key_path.display()))?;
-            if certs.is_empty() {
-                return Err(format!("`{}` holds no PEM certificate", cert_path.display()));
-            }
+            let (certs, key) = (read_certificates(cert_path)?, read_private_key(key_path)?);
             certificates.push(NamedCertificate::new(format!("upstream/{upstream}/client"), &certs[0]));
             Some(Arc::new(CertKey::new(certs, key)))
         }
