@@ -126,7 +126,7 @@ pub fn build(config: Config) -> Result<Built, Vec<ConfigError>> {
         server.add_service(background_service("jwks", auth::jwks::JwksRefresher { gateway: gateway.clone() }));
     }
 
-    let probe_targets = gateway.config.listeners.iter().map(|l| loopback_for(l.address)).collect();
+    let probe_targets = gateway.config.listeners.iter().map(|l| l.address).collect();
     server.add_service(background_service(
         "readiness",
         ReadinessProbe { gateway: gateway.clone(), targets: probe_targets },
@@ -153,8 +153,7 @@ fn loopback_for(address: SocketAddr) -> SocketAddr {
     target
 }
 
-/// Marks the gateway ready once every public listener accepts a TCP connection, and says what
-/// it listens on.
+/// Marks the gateway ready once every public listener listens, and says what it listens on.
 struct ReadinessProbe {
     gateway: Arc<Gateway>,
     targets: Vec<SocketAddr>,
@@ -169,12 +168,17 @@ impl BackgroundService for ReadinessProbe {
                     return;
                 }
                 let target = *target;
-                let connected = tokio::task::spawn_blocking(move || {
-                    TcpStream::connect_timeout(&target, Duration::from_millis(200)).is_ok()
-                })
-                .await
-                .unwrap_or(false);
-                if connected {
+                let listening = match lifecycle::is_listening(target) {
+                    Some(listening) => listening,
+                    // No kernel table to read: a TCP connection says it (a TLS listener then
+                    // logs one aborted handshake).
+                    None => tokio::task::spawn_blocking(move || {
+                        TcpStream::connect_timeout(&loopback_for(target), Duration::from_millis(200)).is_ok()
+                    })
+                    .await
+                    .unwrap_or(false),
+                };
+                if listening {
                     break;
                 }
                 tokio::time::sleep(Duration::from_millis(20)).await;

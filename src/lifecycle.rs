@@ -165,3 +165,66 @@ pub fn exit_unless_listening(gateway: Arc<Gateway>, addresses: Vec<(String, Sock
         tracing::warn!(error = %e, "cannot start the listener check");
     }
 }
+
+/// Whether a socket is in the LISTEN state on `address`, from the kernel's table
+/// (`/proc/net/tcp`, `/proc/net/tcp6`): a readiness check that opens no connection, so a TLS
+/// listener logs no aborted handshake for it. `None` when the table cannot be read.
+pub fn is_listening(address: SocketAddr) -> Option<bool> {
+    let table = match address {
+        SocketAddr::V4(_) => "/proc/net/tcp",
+        SocketAddr::V6(_) => "/proc/net/tcp6",
+    };
+    let text = std::fs::read_to_string(table).ok()?;
+    Some(text.lines().skip(1).filter_map(listening_socket).any(|a| a == address))
+}
+
+/// The local address of one `/proc/net/tcp{,6}` line when its socket listens.
+fn listening_socket(line: &str) -> Option<SocketAddr> {
+    const LISTEN: &str = "0A";
+    let mut fields = line.split_whitespace().skip(1);
+    let local = fields.next()?;
+    let state = fields.nth(1)?;
+    if state != LISTEN {
+        return None;
+    }
+    let (ip, port) = local.split_once(':')?;
+    let port = u16::from_str_radix(port, 16).ok()?;
+    // The kernel prints each 32-bit word of the address in host (little-endian) order.
+    let words: Option<Vec<[u8; 4]>> = (0..ip.len() / 8)
+        .map(|i| u32::from_str_radix(ip.get(i * 8..i * 8 + 8)?, 16).ok().map(|w| w.to_le_bytes()))
+        .collect();
+    let bytes: Vec<u8> = words?.concat();
+    let ip: std::net::IpAddr = match bytes.len() {
+        4 => <[u8; 4]>::try_from(bytes).ok()?.into(),
+        16 => <[u8; 16]>::try_from(bytes).ok()?.into(),
+        _ => return None,
+    };
+    Some(SocketAddr::new(ip, port))
+}
+
+#[cfg(test)]
+mod listen_table_tests {
+    use super::*;
+
+    #[test]
+    fn reads_listening_sockets_from_the_kernel_table() {
+        let v4 = "   0: 0100007F:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 530 1";
+        assert_eq!(listening_socket(v4), Some("127.0.0.1:8080".parse().unwrap()));
+        let any = "   1: 00000000:20FB 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 531 1";
+        assert_eq!(listening_socket(any), Some("0.0.0.0:8443".parse().unwrap()));
+        let established =
+            "   2: 0100007F:1F90 0100007F:EB58 01 00000000:00000000 03:00000298 00000000     0        0 0 3";
+        assert_eq!(listening_socket(established), None);
+        let v6 = "   0: 00000000000000000000000001000000:1F90 00000000000000000000000000000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 1 1";
+        assert_eq!(listening_socket(v6), Some("[::1]:8080".parse().unwrap()));
+    }
+
+    #[test]
+    fn a_bound_listener_is_seen_and_a_free_port_is_not() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let address = listener.local_addr().unwrap();
+        assert_eq!(is_listening(address), Some(true));
+        drop(listener);
+        assert_eq!(is_listening(address), Some(false));
+    }
+}
