@@ -11,8 +11,9 @@ use crate::auth::ip::Allowlists;
 use crate::auth::issuer::TokenIssuer;
 use crate::auth::jwks::JwksSource;
 use crate::auth::jwt::{key_from_pem, keys_from_jwks, JwtProvider, ProviderKey, ProviderSettings};
+use crate::cache::ResponseCache;
 use crate::clock::Clock;
-use crate::config::{Config, ConfigError, JwtProviderConfig, KeySource};
+use crate::config::{Config, ConfigError, JwtProviderConfig, KeySource, RouteConfig};
 use crate::metrics::Metrics;
 use crate::throttle::UsagePlan;
 use crate::tls::expiry::NamedCertificate;
@@ -32,7 +33,9 @@ pub struct Gateway {
     allowlists: ArcSwap<Allowlists>,
     /// One per `config.routes`, same order: the route's usage plan.
     pub usage_plans: Vec<Option<UsagePlan>>,
-    /// Policy time (usage plans, breakers); tests move it forward.
+    /// The GET cache, when a route has one.
+    pub cache: Option<ResponseCache>,
+    /// Policy time (usage plans, breakers, cache freshness); tests move it forward.
     pub clock: Clock,
     pub metrics: Arc<Metrics>,
     pub access_log: bool,
@@ -61,7 +64,7 @@ impl Gateway {
         }
         let mut jwt_providers = Vec::new();
         let mut jwks_sources = Vec::new();
-        for p in &config.jwt_providers {
+        for (provider_index, p) in config.jwt_providers.iter().enumerate() {
             jwks_sources.push(match &p.keys {
                 KeySource::JwksUri { uri, min_refresh } => match JwksSource::new(&p.name, uri, *min_refresh) {
                     Ok(source) => Some(source),
@@ -81,6 +84,7 @@ impl Gateway {
                         algorithms: p.algorithms.clone(),
                         leeway_secs: p.leeway_secs,
                         scope_claims: p.scope_claims.clone(),
+                        kept_claims: kept_claims(&config, provider_index),
                     },
                     keys,
                 )),
@@ -120,7 +124,13 @@ impl Gateway {
         let allowlists = ArcSwap::from_pointee(Allowlists::new(&config));
         let usage_plans =
             config.routes.iter().map(|r| r.rate_limit.as_ref().map(|l| UsagePlan::new(l, clock.clone()))).collect();
+        let cached: Vec<&RouteConfig> = config.routes.iter().filter(|r| r.cache.is_some()).collect();
+        let cache = (!cached.is_empty()).then(|| {
+            let longest_deadline = cached.iter().map(|r| r.timeout).max().unwrap_or_default();
+            ResponseCache::new(&config.cache_storage, &route_ids, clock.clone(), longest_deadline)
+        });
         let gateway = Gateway {
+            cache,
             access_log: config.logging.access_log,
             config,
             upstreams,
@@ -210,6 +220,24 @@ impl Drop for ActiveRequest {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::Relaxed);
     }
+}
+
+/// The claims that routes verified by this provider name in `cache.vary` (`claim.NAME`).
+fn kept_claims(config: &Config, provider_index: usize) -> Vec<String> {
+    let mut kept = Vec::new();
+    for route in &config.routes {
+        if route.auth.as_ref().and_then(|a| a.provider) != Some(provider_index) {
+            continue;
+        }
+        for part in route.cache.iter().flat_map(|c| &c.vary) {
+            if let crate::config::VaryPart::Claim(name) = part {
+                if !kept.contains(name) {
+                    kept.push(name.clone());
+                }
+            }
+        }
+    }
+    kept
 }
 
 /// A provider's keys from its file; the error names the config key at fault. Keys that fit

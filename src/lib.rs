@@ -15,6 +15,7 @@
 
 pub mod admin;
 pub mod auth;
+pub mod cache;
 pub mod clock;
 pub mod config;
 pub mod degraded;

@@ -308,6 +308,7 @@ mod tests {
                 algorithms: vec![Algorithm::ES256],
                 leeway_secs: 0,
                 scope_claims: vec!["scope".into()],
+                kept_claims: Vec::new(),
             },
             keys,
         );

@@ -92,6 +92,16 @@ pub struct Principal {
     pub client_id: Option<String>,
     pub scopes: Vec<String>,
     pub expires_at: u64,
+    /// The claims routes name in `cache.vary` (`claim.NAME`), as text: strings as they are,
+    /// other values as compact JSON. Absent claims are left out.
+    pub claims: Vec<(String, String)>,
+}
+
+impl Principal {
+    /// A kept claim's value (see [`Principal::claims`]).
+    pub fn claim(&self, name: &str) -> Option<&str> {
+        self.claims.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+    }
 }
 
 /// A verification key with the id it is published under.
@@ -108,6 +118,7 @@ pub struct JwtProvider {
     algorithms: Vec<Algorithm>,
     leeway: u64,
     scope_claims: Vec<String>,
+    kept_claims: Vec<String>,
     keys: RwLock<Arc<KeySet>>,
     cache: MemoryCache<[u8; 32], Verified>,
 }
@@ -134,6 +145,8 @@ pub struct ProviderSettings {
     pub algorithms: Vec<Algorithm>,
     pub leeway_secs: u64,
     pub scope_claims: Vec<String>,
+    /// Claims kept in the principal for cache keys (`claim.NAME` in a route's `cache.vary`).
+    pub kept_claims: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -166,6 +179,7 @@ impl JwtProvider {
             algorithms: settings.algorithms,
             leeway: settings.leeway_secs,
             scope_claims: settings.scope_claims,
+            kept_claims: settings.kept_claims,
             keys: RwLock::new(Arc::new(KeySet { keys, generation: 0 })),
             cache: MemoryCache::new(CACHE_ENTRIES),
         }
@@ -282,8 +296,35 @@ impl JwtProvider {
                 _ => {}
             }
         }
+        let kept = self
+            .kept_claims
+            .iter()
+            .filter_map(|name| {
+                let standard = match name.as_str() {
+                    "iss" => claims.iss.clone(),
+                    "sub" => claims.sub.clone(),
+                    "client_id" => claims.client_id.clone(),
+                    "azp" => claims.azp.clone(),
+                    "appid" => claims.appid.clone(),
+                    _ => None,
+                };
+                let value = standard.or_else(|| match claims.other.get(name)? {
+                    serde_json::Value::String(s) => Some(s.clone()),
+                    serde_json::Value::Null => None,
+                    other => Some(other.to_string()),
+                })?;
+                Some((name.clone(), value))
+            })
+            .collect();
         let client_id = claims.client_id.or(claims.azp).or(claims.appid).or_else(|| claims.sub.clone());
-        Ok(Principal { issuer: self.issuer.clone(), subject: claims.sub, client_id, scopes, expires_at: exp })
+        Ok(Principal {
+            issuer: self.issuer.clone(),
+            subject: claims.sub,
+            client_id,
+            scopes,
+            expires_at: exp,
+            claims: kept,
+        })
     }
 }
 
@@ -442,6 +483,7 @@ mod tests {
                 algorithms: vec![Algorithm::RS256, Algorithm::ES256],
                 leeway_secs: 30,
                 scope_claims: vec!["scp".into(), "scope".into(), "roles".into()],
+                kept_claims: vec!["tenant".into()],
             },
             vec![rsa, ec],
         )
@@ -470,6 +512,18 @@ mod tests {
 
     fn b64(data: &[u8]) -> String {
         base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(data)
+    }
+
+    #[test]
+    fn kept_claims_are_in_the_principal_as_text() {
+        let k = keys();
+        let p = provider(&k);
+        let token = rs256(&k, Some("rsa-1"), &claims(serde_json::json!({"tenant": 42})));
+        let principal = p.verify(&token, NOW).unwrap();
+        assert_eq!(principal.claim("tenant"), Some("42"));
+        assert_eq!(principal.claim("scope"), None, "only the claims routes name are kept");
+        let token = rs256(&k, Some("rsa-1"), &claims(serde_json::json!({"tenant": "acme"})));
+        assert_eq!(p.verify(&token, NOW).unwrap().claim("tenant"), Some("acme"));
     }
 
     #[test]

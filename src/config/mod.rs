@@ -40,6 +40,14 @@ pub mod defaults {
     pub const JWKS_MIN_REFRESH_SECS: u64 = 10;
     pub const TOKEN_PATH: &str = "/oauth/token";
     pub const TOKEN_TTL_SECS: u64 = 3600;
+    pub const CACHE_MAX_BYTES: u64 = 256 * 1024 * 1024;
+    pub const CACHE_MAX_OBJECT_BYTES: u64 = 2 * 1024 * 1024;
+    /// The largest answer the store can hold (its eviction weights are 16-bit, in 256-byte units).
+    pub const CACHE_MAX_OBJECT_LIMIT: u64 = 16 * 1024 * 1024;
+    /// The smallest store worth having: a few answers of the largest size.
+    pub const CACHE_MIN_BYTES: u64 = 64 * 1024;
+    /// Freshness and stale windows are kept in 32-bit seconds: a year is plenty.
+    pub const CACHE_MAX_SECS: u64 = 365 * 24 * 3600;
 }
 
 /// One problem in a config, located by its YAML path (and line/column where the parser knows it).
@@ -86,6 +94,56 @@ pub struct Config {
     pub upstreams: Vec<UpstreamConfig>,
     pub routes: Vec<RouteConfig>,
     pub router: Router,
+    pub cache_storage: CacheStorageConfig,
+}
+
+/// `cache_storage`: the one in-memory store every route's cache shares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CacheStorageConfig {
+    /// Bound on the stored answers (bodies, headers and per-entry overhead), kept by eviction.
+    pub max_bytes: u64,
+    /// Larger answers pass through uncached.
+    pub max_object_bytes: u64,
+}
+
+/// A route's GET cache (`routes[].cache`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RouteCacheConfig {
+    /// Freshness when the origin says nothing (`honor`), or always (`ignore`); zero with `honor`
+    /// stores only what the origin marks fresh.
+    pub ttl: Duration,
+    /// `origin_cache_control: honor` (RFC 9111 directives win) or `ignore`.
+    pub honor_origin: bool,
+    /// What besides the route and method tells entries apart, in declaration order.
+    pub vary: Vec<VaryPart>,
+    /// On a route with auth: one entry for every caller instead of one per principal.
+    pub shared: bool,
+    pub stale_while_revalidate: Duration,
+    pub stale_if_error: Duration,
+    /// Freshness of a 404 (zero: 404s are not stored).
+    pub negative_ttl: Duration,
+}
+
+/// One `cache.vary` entry: a part of the request that selects the entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VaryPart {
+    Path(String),
+    Query(String),
+    /// Lowercase header name.
+    Header(http::HeaderName),
+    Claim(String),
+}
+
+impl VaryPart {
+    /// The name as written in `vary` and in purge queries (`path.accountId`).
+    pub fn label(&self) -> String {
+        match self {
+            VaryPart::Path(name) => format!("path.{name}"),
+            VaryPart::Query(name) => format!("query.{name}"),
+            VaryPart::Header(name) => format!("header.{name}"),
+            VaryPart::Claim(name) => format!("claim.{name}"),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -214,6 +272,7 @@ pub struct RouteConfig {
     pub rate_limit: Option<RateLimitConfig>,
     /// Degraded answers for backend-side failures (`on_error`).
     pub on_error: Option<crate::degraded::DegradedAnswers>,
+    pub cache: Option<RouteCacheConfig>,
 }
 
 /// A route's usage plan: a token bucket of `burst` tokens refilled at `requests_per_sec`.
@@ -370,9 +429,7 @@ fn parse_sections(tree: Value, errors: &mut Vec<ConfigError>) -> Option<schema::
     let jwt_providers = named(sections.remove("jwt_providers"), "jwt_providers", errors);
     let token_issuer = optional(sections.remove("token_issuer"), "token_issuer", errors);
     let upstreams = named(sections.remove("upstreams"), "upstreams", errors);
-    if sections.remove("cache_storage").is_some() {
-        errors.push(ConfigError::at("cache_storage", "caching is not supported by this version yet"));
-    }
+    let cache_storage = optional(sections.remove("cache_storage"), "cache_storage", errors).unwrap_or_default();
     let routes = match sections.remove("routes") {
         Some(v) => list(v, "routes", errors),
         None => Vec::new(),
@@ -388,6 +445,7 @@ fn parse_sections(tree: Value, errors: &mut Vec<ConfigError>) -> Option<schema::
         token_issuer,
         upstreams,
         routes,
+        cache_storage,
     })
 }
 

@@ -181,8 +181,28 @@ pub struct RouteSection {
     pub max_body_bytes: Option<u64>,
     pub rate_limit: Option<RateLimitSection>,
     pub on_error: Option<OnErrorSection>,
-    /// Parsed only to say it is not supported yet.
-    pub cache: Option<serde_yaml_ng::Value>,
+    pub cache: Option<CacheSection>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CacheSection {
+    pub ttl_secs: u64,
+    pub origin_cache_control: Option<String>,
+    #[serde(default)]
+    pub vary: Vec<String>,
+    #[serde(default)]
+    pub shared: bool,
+    pub stale_while_revalidate_secs: Option<u64>,
+    pub stale_if_error_secs: Option<u64>,
+    pub negative_ttl_secs: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CacheStorageSection {
+    pub max_bytes: Option<u64>,
+    pub max_object_bytes: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -244,6 +264,7 @@ pub struct Sections {
     pub token_issuer: Option<TokenIssuerSection>,
     pub upstreams: BTreeMap<String, Option<UpstreamSection>>,
     pub routes: Vec<Option<RouteSection>>,
+    pub cache_storage: CacheStorageSection,
 }
 
 /// Kept for the typed whole-file parse that gives the first error its line and column.
@@ -268,4 +289,5 @@ pub struct FileConfig {
     pub upstreams: BTreeMap<String, UpstreamSection>,
     #[serde(default)]
     pub routes: Vec<RouteSection>,
+    pub cache_storage: Option<CacheStorageSection>,
 }

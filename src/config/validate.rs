@@ -9,10 +9,10 @@ use http::Method;
 
 use super::schema::{self, Methods, Sections, UpstreamTlsSection};
 use super::{
-    defaults, AdminConfig, AllowlistConfig, CircuitBreakerConfig, ClientAuthConfig, ClientAuthMode, Config,
+    defaults, AdminConfig, AllowlistConfig, CacheStorageConfig, CircuitBreakerConfig, ClientAuthConfig, ClientAuthMode, Config,
     ConfigError, JwtProviderConfig, KeySource, ListenerConfig, ListenerTlsConfig, LogFormat, LoggingSettings,
-    RateLimitConfig, RateLimitKey, RouteAuth, RouteConfig, ServerSettings, TokenIssuerConfig, UpstreamConfig,
-    UpstreamTls,
+    RateLimitConfig, RateLimitKey, RouteAuth, RouteCacheConfig, RouteConfig, ServerSettings, TokenIssuerConfig, UpstreamConfig,
+    UpstreamTls, VaryPart,
 };
 use crate::auth::ip::{parse_cidr, read_allowlist_file, CidrSet};
 use crate::auth::jwt::parse_algorithm;
@@ -161,6 +161,8 @@ pub(super) fn validate(file: Sections, errors: &mut Vec<ConfigError>) -> Option<
         }
     };
 
+    let cache_storage = cache_storage(&file.cache_storage, &mut err);
+
     if !errors.is_empty() {
         return None;
     }
@@ -176,6 +178,129 @@ pub(super) fn validate(file: Sections, errors: &mut Vec<ConfigError>) -> Option<
         upstreams,
         routes,
         router: router?,
+        cache_storage,
+    })
+}
+
+fn cache_storage(s: &schema::CacheStorageSection, err: &mut impl FnMut(String, String)) -> CacheStorageConfig {
+    let max_bytes = s.max_bytes.unwrap_or(defaults::CACHE_MAX_BYTES);
+    let max_object_bytes = s.max_object_bytes.unwrap_or(defaults::CACHE_MAX_OBJECT_BYTES);
+    if max_bytes < defaults::CACHE_MIN_BYTES {
+        err(
+            "cache_storage.max_bytes".into(),
+            format!("{max_bytes} is below {} (64 KiB), too small to hold an answer", defaults::CACHE_MIN_BYTES),
+        );
+    }
+    if max_object_bytes == 0 || max_object_bytes > defaults::CACHE_MAX_OBJECT_LIMIT {
+        err(
+            "cache_storage.max_object_bytes".into(),
+            format!("{max_object_bytes} is not between 1 and {} (16 MiB)", defaults::CACHE_MAX_OBJECT_LIMIT),
+        );
+    } else if max_object_bytes > max_bytes {
+        err(
+            "cache_storage.max_object_bytes".into(),
+            format!("{max_object_bytes} is more than the whole store (`max_bytes`: {max_bytes})"),
+        );
+    }
+    CacheStorageConfig { max_bytes, max_object_bytes }
+}
+
+fn route_cache(
+    path: &str,
+    c: &schema::CacheSection,
+    r: &schema::RouteSection,
+    template: Option<&PathTemplate>,
+    methods: Option<&[Method]>,
+    err: &mut impl FnMut(String, String),
+) -> Option<RouteCacheConfig> {
+    let path = format!("{path}.cache");
+    let mut ok = true;
+    if methods.is_some_and(|m| !m.iter().any(|m| m == Method::GET || m == Method::HEAD)) {
+        err(path.clone(), "only GET and HEAD answers are cached, and this route matches neither".into());
+        ok = false;
+    }
+    let mut seconds = |name: &str, value: Option<u64>| {
+        let value = value.unwrap_or(0);
+        if value > defaults::CACHE_MAX_SECS {
+            err(format!("{path}.{name}"), format!("{value} is more than a year ({} s)", defaults::CACHE_MAX_SECS));
+            ok = false;
+        }
+        Duration::from_secs(value)
+    };
+    let ttl = seconds("ttl_secs", Some(c.ttl_secs));
+    let stale_while_revalidate = seconds("stale_while_revalidate_secs", c.stale_while_revalidate_secs);
+    let stale_if_error = seconds("stale_if_error_secs", c.stale_if_error_secs);
+    let negative_ttl = seconds("negative_ttl_secs", c.negative_ttl_secs);
+    let honor_origin = match c.origin_cache_control.as_deref() {
+        None | Some("honor") => true,
+        Some("ignore") => false,
+        Some(other) => {
+            err(format!("{path}.origin_cache_control"), format!("`{other}` is not one of honor, ignore"));
+            ok = false;
+            true
+        }
+    };
+    if !honor_origin && ttl.is_zero() {
+        err(
+            format!("{path}.ttl_secs"),
+            "0 with `origin_cache_control: ignore` would store nothing: give a freshness in seconds".into(),
+        );
+        ok = false;
+    }
+    let has_jwt = r.auth.as_ref().is_some_and(|a| a.jwt.is_some());
+    let params = template.map(|t| t.param_names()).unwrap_or_default();
+    let mut vary = Vec::new();
+    for (i, entry) in c.vary.iter().enumerate() {
+        let at = format!("{path}.vary[{i}]");
+        let part = match entry.split_once('.') {
+            Some(("path", name)) if params.contains(&name) => Some(VaryPart::Path(name.to_string())),
+            Some(("path", name)) => {
+                err(at, format!("`{name}` is not a parameter of `match.path` (known: {})", list_or_none(&params)));
+                None
+            }
+            Some(("query", name)) if !name.is_empty() => Some(VaryPart::Query(name.to_string())),
+            Some(("header", name)) => match http::HeaderName::from_bytes(name.as_bytes()) {
+                Ok(header) if header != http::header::AUTHORIZATION => Some(VaryPart::Header(header)),
+                Ok(_) => {
+                    err(
+                        at,
+                        "the raw Authorization value is never a key: the principal already is (unless `shared: true`)"
+                            .into(),
+                    );
+                    None
+                }
+                Err(_) => {
+                    err(at, format!("`{name}` is not a header name"));
+                    None
+                }
+            },
+            Some(("claim", name)) if !name.is_empty() && has_jwt => Some(VaryPart::Claim(name.to_string())),
+            Some(("claim", _)) if !has_jwt => {
+                err(at, "`claim.` parts need `auth.jwt` on the route".into());
+                None
+            }
+            _ => {
+                err(at, format!("`{entry}` is not one of path.NAME, query.NAME, header.NAME, claim.NAME"));
+                None
+            }
+        };
+        match part {
+            Some(part) if vary.contains(&part) => {
+                err(format!("{path}.vary[{i}]"), format!("`{entry}` is listed twice"));
+                ok = false;
+            }
+            Some(part) => vary.push(part),
+            None => ok = false,
+        }
+    }
+    ok.then_some(RouteCacheConfig {
+        ttl,
+        honor_origin,
+        vary,
+        shared: c.shared,
+        stale_while_revalidate,
+        stale_if_error,
+        negative_ttl,
     })
 }
 
@@ -384,10 +509,14 @@ fn route(
             Some(parsed)
         }
     };
-    if r.cache.is_some() {
-        err(format!("{path}.cache"), "caching is not supported by this version yet".into());
-        ok = false;
-    }
+    let cache = match &r.cache {
+        None => None,
+        Some(c) => {
+            let cache = route_cache(path, c, r, template.as_ref(), methods.as_deref(), err);
+            ok &= cache.is_some();
+            cache
+        }
+    };
     let upstream = match (&r.upstream, &r.mediation) {
         (_, Some(_)) => {
             err(format!("{path}.mediation"), "mediations (SOAP/SQL) are not supported by this version yet".into());
@@ -472,6 +601,7 @@ fn route(
         auth,
         rate_limit,
         on_error,
+        cache,
     })
 }
 

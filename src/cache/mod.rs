@@ -1,0 +1,286 @@
+//! The GET cache, on pingora-cache: which requests use it and under which key
+//! (`request_cache_filter`, `cache_key_callback`), which answers are stored and for how long
+//! (`response_cache_filter`), and what the caller is told (`Cache-Status`, RFC 9211).
+//!
+//! Concurrent misses on one key are one upstream request: Pingora's cache lock elects a writer
+//! and the others wait, each for at most what is left of its deadline. The lock here keeps that
+//! single flight when the writer fails (a 5xx or no answer): the next waiter becomes the writer,
+//! instead of every waiter going to the backend at once. Only an answer the origin forbids to
+//! store (`no-store`, `private`, ...) releases the waiters together, as no entry can serve them.
+
+pub mod key;
+pub mod store;
+
+use std::time::{Duration, SystemTime};
+
+use pingora_cache::cache_control::{CacheControl, InterpretCacheControl};
+use pingora_cache::filters::calculate_expires_header_time;
+use pingora_cache::key::CacheKey;
+use pingora_cache::lock::{CacheKeyLock, CacheLock, LockStatus, Locked, WritePermit};
+use pingora_cache::{CacheMeta, CacheOptionOverrides, CachePhase, HttpCache, NoCacheReason, RespCacheable};
+use pingora_http::ResponseHeader;
+
+use crate::clock::Clock;
+use crate::config::{CacheStorageConfig, RouteCacheConfig, VaryPart};
+use store::CacheStore;
+
+/// The no-cache reason of a writer whose backend failed: waiters elect another writer.
+const UPSTREAM_ERROR: &str = "upstream_error";
+/// How many times a waiter may wait on a new writer; time (its deadline) is the real bound.
+const MAX_LOCK_RETRIES: usize = 1 << 16;
+
+/// What one cached request's lookup came to (the `result` label of
+/// `seawall_cache_lookups_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheResult {
+    /// A fresh entry.
+    Hit,
+    /// Went to the backend (no entry, an expired one, or one that could not be used).
+    Miss,
+    /// An expired entry served while it is refreshed, or because the backend failed.
+    Stale,
+    /// Waited for another request's fill, then served from it.
+    Coalesced,
+}
+
+impl CacheResult {
+    pub const ALL: [CacheResult; 4] = [CacheResult::Hit, CacheResult::Miss, CacheResult::Stale, CacheResult::Coalesced];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            CacheResult::Hit => "hit",
+            CacheResult::Miss => "miss",
+            CacheResult::Stale => "stale",
+            CacheResult::Coalesced => "coalesced",
+        }
+    }
+
+    /// The result of a request whose cache was enabled, from Pingora's cache phase at the end.
+    pub fn of(cache: &HttpCache) -> CacheResult {
+        match cache.phase() {
+            CachePhase::Hit if cache.lock_duration().is_some() => CacheResult::Coalesced,
+            CachePhase::Hit => CacheResult::Hit,
+            CachePhase::Stale | CachePhase::StaleUpdating => CacheResult::Stale,
+            _ => CacheResult::Miss,
+        }
+    }
+}
+
+/// The `Cache-Status` value for an answer about to be sent (RFC 9211), e.g.
+/// `seawall; hit; ttl=42` or `seawall; fwd=miss; stored`.
+pub fn cache_status(cache: &HttpCache, stale_because_of_error: bool) -> String {
+    let ttl = cache.maybe_cache_meta().map(|meta| {
+        let now = SystemTime::now();
+        match meta.fresh_until().duration_since(now) {
+            Ok(left) => left.as_secs() as i64,
+            Err(past) => -(past.duration().as_secs().max(1) as i64),
+        }
+    });
+    let ttl = ttl.map(|t| format!("; ttl={t}")).unwrap_or_default();
+    match cache.phase() {
+        CachePhase::Hit if cache.lock_duration().is_some() => format!("seawall; hit{ttl}; detail=coalesced"),
+        CachePhase::Hit => format!("seawall; hit{ttl}"),
+        CachePhase::StaleUpdating => format!("seawall; hit{ttl}; detail=stale-while-revalidate"),
+        CachePhase::Stale if stale_because_of_error => format!("seawall; fwd=stale{ttl}; detail=stale-if-error"),
+        CachePhase::Stale => format!("seawall; hit{ttl}"),
+        CachePhase::Expired if cache.enabled() => "seawall; fwd=stale; stored".into(),
+        CachePhase::Expired => "seawall; fwd=stale".into(),
+        CachePhase::Revalidated | CachePhase::RevalidatedNoCache(_) => format!("seawall; fwd=stale; fwd-status=304{ttl}"),
+        CachePhase::Miss if cache.enabled() => "seawall; fwd=miss; stored".into(),
+        _ => "seawall; fwd=miss".into(),
+    }
+}
+
+/// The shared cache: its store, its lock and the object size bound.
+pub struct ResponseCache {
+    pub store: &'static CacheStore,
+    lock: &'static SingleFlight,
+    max_object_bytes: usize,
+}
+
+impl ResponseCache {
+    /// `longest_deadline`: the longest deadline of a cached route. A writer may hold a key's
+    /// lock that long before waiters elect another.
+    ///
+    /// The store and lock live for the rest of the process (Pingora takes them as `'static`).
+    pub fn new(
+        storage: &CacheStorageConfig,
+        route_ids: &[&str],
+        clock: Clock,
+        longest_deadline: Duration,
+    ) -> ResponseCache {
+        let store = Box::leak(Box::new(CacheStore::new(storage.max_bytes, route_ids, clock)));
+        let lock = Box::leak(Box::new(SingleFlight(CacheLock::new(longest_deadline + Duration::from_secs(1)))));
+        ResponseCache { store, lock, max_object_bytes: storage.max_object_bytes as usize }
+    }
+
+    /// Turns the cache on for one request; a waiter gives up on another's fill after `wait`.
+    pub fn enable(&self, cache: &mut HttpCache, wait: Duration) {
+        let mut overrides = CacheOptionOverrides::default();
+        overrides.wait_timeout = Some(wait);
+        overrides.max_lock_retries = Some(MAX_LOCK_RETRIES);
+        cache.enable(self.store, None, None, Some(self.lock), Some(overrides));
+        cache.set_max_file_size_bytes(self.max_object_bytes);
+    }
+}
+
+/// Pingora's cache lock, except that a writer whose backend failed hands the lock to the next
+/// waiter (`TransientError`) rather than releasing every waiter to the backend (`GiveUp`).
+struct SingleFlight(CacheLock);
+
+impl CacheKeyLock for SingleFlight {
+    fn lock(&self, key: &CacheKey, stale_writer: bool) -> Locked {
+        self.0.lock(key, stale_writer)
+    }
+
+    fn release(&self, key: &CacheKey, permit: WritePermit, reason: LockStatus) {
+        self.0.release(key, permit, reason)
+    }
+
+    fn custom_lock_status(&self, reason: &'static str) -> LockStatus {
+        if reason == UPSTREAM_ERROR {
+            LockStatus::TransientError
+        } else {
+            LockStatus::GiveUp
+        }
+    }
+}
+
+/// Whether and for how long an answer is stored (`response_cache_filter`).
+///
+/// Stored: 2xx answers other than 206, and 404 with `negative_ttl_secs`; never one that sets a
+/// cookie. With `origin_cache_control: honor`, `no-store`, `private` and `no-cache` forbid
+/// storing, a `Vary` the key does not cover too, and `s-maxage` / `max-age` / `Expires` give the
+/// freshness before `ttl_secs` does. With `ignore`, `ttl_secs` always does.
+pub fn cacheability(config: &RouteCacheConfig, response: &ResponseHeader) -> RespCacheable {
+    use RespCacheable::{Cacheable, Uncacheable};
+    let status = response.status.as_u16();
+    if status >= 500 {
+        return Uncacheable(NoCacheReason::Custom(UPSTREAM_ERROR));
+    }
+    let default_ttl = match status {
+        200..=299 if status != 206 => config.ttl,
+        404 if !config.negative_ttl.is_zero() => config.negative_ttl,
+        _ => return Uncacheable(NoCacheReason::OriginNotCache),
+    };
+    if response.headers.contains_key(http::header::SET_COOKIE) {
+        return Uncacheable(NoCacheReason::OriginNotCache);
+    }
+    let now = SystemTime::now();
+    let fresh_for = if config.honor_origin {
+        let directives = CacheControl::from_resp_headers(response);
+        if let Some(cc) = &directives {
+            if cc.no_store() || cc.private() || cc.no_cache() {
+                return Uncacheable(NoCacheReason::OriginNotCache);
+            }
+        }
+        if !vary_is_covered(config, response) {
+            return Uncacheable(NoCacheReason::OriginNotCache);
+        }
+        let origin = directives.as_ref().and_then(|cc| cc.fresh_duration()).or_else(|| {
+            calculate_expires_header_time(response).map(|at| at.duration_since(now).unwrap_or(Duration::ZERO))
+        });
+        origin.unwrap_or(default_ttl)
+    } else {
+        default_ttl
+    };
+    if fresh_for.is_zero() {
+        return Uncacheable(NoCacheReason::OriginNotCache);
+    }
+    Cacheable(CacheMeta::new(
+        now + fresh_for,
+        now,
+        config.stale_while_revalidate.as_secs() as u32,
+        config.stale_if_error.as_secs() as u32,
+        response.clone(),
+    ))
+}
+
+/// Whether every header the origin's `Vary` names is part of the route's key.
+fn vary_is_covered(config: &RouteCacheConfig, response: &ResponseHeader) -> bool {
+    response.headers.get_all(http::header::VARY).iter().all(|value| {
+        let Ok(value) = value.to_str() else { return false };
+        value.split(',').map(str::trim).filter(|name| !name.is_empty()).all(|name| {
+            name != "*"
+                && config.vary.iter().any(|part| matches!(part, VaryPart::Header(h) if h.as_str().eq_ignore_ascii_case(name)))
+        })
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(honor: bool) -> RouteCacheConfig {
+        RouteCacheConfig {
+            ttl: Duration::from_secs(60),
+            honor_origin: honor,
+            vary: vec![VaryPart::Header(http::HeaderName::from_static("accept-language"))],
+            shared: false,
+            stale_while_revalidate: Duration::from_secs(5),
+            stale_if_error: Duration::from_secs(300),
+            negative_ttl: Duration::ZERO,
+        }
+    }
+
+    fn response(status: u16, headers: &[(&str, &str)]) -> ResponseHeader {
+        let mut r = ResponseHeader::build(status, None).unwrap();
+        for (name, value) in headers {
+            r.append_header(name.to_string(), *value).unwrap();
+        }
+        r
+    }
+
+    fn fresh_secs(c: RespCacheable) -> Option<u64> {
+        match c {
+            RespCacheable::Cacheable(meta) => Some(meta.fresh_sec()),
+            RespCacheable::Uncacheable(_) => None,
+        }
+    }
+
+    #[test]
+    fn the_route_ttl_applies_when_the_origin_says_nothing() {
+        let meta = match cacheability(&config(true), &response(200, &[])) {
+            RespCacheable::Cacheable(meta) => meta,
+            RespCacheable::Uncacheable(r) => panic!("not stored: {r:?}"),
+        };
+        assert_eq!(meta.fresh_sec(), 60);
+        assert_eq!(meta.stale_while_revalidate_sec(), 5);
+        assert_eq!(meta.stale_if_error_sec(), 300);
+    }
+
+    #[test]
+    fn origin_directives_win_when_honored() {
+        let c = config(true);
+        assert_eq!(fresh_secs(cacheability(&c, &response(200, &[("cache-control", "max-age=7")]))), Some(7));
+        assert_eq!(fresh_secs(cacheability(&c, &response(200, &[("cache-control", "s-maxage=9, max-age=7")]))), Some(9));
+        for forbidding in ["no-store", "private", "no-cache", "max-age=0"] {
+            assert_eq!(fresh_secs(cacheability(&c, &response(200, &[("cache-control", forbidding)]))), None, "{forbidding}");
+        }
+        assert_eq!(fresh_secs(cacheability(&c, &response(200, &[("vary", "*")]))), None);
+        assert_eq!(fresh_secs(cacheability(&c, &response(200, &[("vary", "Cookie")]))), None);
+        assert_eq!(fresh_secs(cacheability(&c, &response(200, &[("vary", "Accept-Language")]))), Some(60));
+    }
+
+    #[test]
+    fn origin_directives_are_ignored_when_told() {
+        let c = config(false);
+        assert_eq!(fresh_secs(cacheability(&c, &response(200, &[("cache-control", "no-store")]))), Some(60));
+        assert_eq!(fresh_secs(cacheability(&c, &response(200, &[("cache-control", "max-age=7")]))), Some(60));
+    }
+
+    #[test]
+    fn only_successes_and_declared_404s_are_stored() {
+        let mut c = config(true);
+        for status in [206, 301, 400, 401, 403, 404, 429] {
+            assert_eq!(fresh_secs(cacheability(&c, &response(status, &[]))), None, "{status}");
+        }
+        assert!(matches!(
+            cacheability(&c, &response(503, &[])),
+            RespCacheable::Uncacheable(NoCacheReason::Custom(UPSTREAM_ERROR))
+        ));
+        assert_eq!(fresh_secs(cacheability(&c, &response(200, &[("set-cookie", "a=b")]))), None);
+        c.negative_ttl = Duration::from_secs(10);
+        assert_eq!(fresh_secs(cacheability(&c, &response(404, &[]))), Some(10));
+    }
+}
