@@ -1,4 +1,4 @@
-//! The admin listener: `/metrics`, `/healthz`, `/readyz`. Served by its own Pingora service on
+//! The admin listener: `/metrics`, `/healthz`, `/readyz` and `DELETE /cache/{route}` (purge). Served by its own Pingora service on
 //! `admin.address`, never on a public listener (validation refuses sharing an address).
 
 use std::sync::Arc;
@@ -34,11 +34,46 @@ fn text(status: StatusCode, content_type: &str, body: Vec<u8>, id: &HeaderValue)
 }
 
 fn problem(problem: Problem, id: &HeaderValue) -> Response<Vec<u8>> {
-    let (header, body) = problem.response(id);
+    let (mut header, mut body) = problem.response(id);
+    // The admin API is for operators: a refused purge says why (public answers never do).
+    if let Problem::BadRequest { reason } = &problem {
+        if let Ok(serde_json::Value::Object(mut fields)) = serde_json::from_slice::<serde_json::Value>(&body) {
+            fields.insert("detail".into(), reason.as_str().into());
+            body = serde_json::to_vec(&fields).unwrap_or_default().into();
+            let _ = header.insert_header("content-length", body.len().to_string());
+        }
+    }
     let mut response = Response::new(body.to_vec());
     *response.status_mut() = header.status;
     *response.headers_mut() = header.headers.clone();
     response
+}
+
+impl AdminApp {
+    /// `DELETE /cache/{route}`: every entry of the route; with a query, the one entry it names.
+    fn purge(&self, route_id: &str, query: &str, id: &HeaderValue) -> Response<Vec<u8>> {
+        let config = &self.gateway.config;
+        let found = config.routes.iter().enumerate().find(|(_, r)| r.id == route_id);
+        let (Some(cache), Some((index, route))) = (&self.gateway.cache, found) else {
+            return problem(Problem::RouteNotFound, id);
+        };
+        let Some(cache_config) = &route.cache else {
+            return problem(Problem::BadRequest { reason: format!("route `{route_id}` has no cache") }, id);
+        };
+        let purged = if query.is_empty() {
+            cache.store.purge_route(index)
+        } else {
+            let has_token = route.auth.as_ref().is_some_and(|a| a.provider.is_some());
+            let by_principal = crate::cache::key::keyed_by_principal(cache_config, has_token);
+            match crate::cache::key::purge_keys(route_id, cache_config, by_principal, query) {
+                Ok(keys) => keys.iter().filter(|k| cache.store.purge_key(k)).count(),
+                Err(reason) => return problem(Problem::BadRequest { reason }, id),
+            }
+        };
+        tracing::info!(route = route_id, query, purged, "cache purged");
+        let body = serde_json::json!({ "route": route_id, "purged": purged }).to_string();
+        text(StatusCode::OK, "application/json", body.into_bytes(), id)
+    }
 }
 
 #[async_trait]
@@ -48,11 +83,21 @@ impl ServeHttp for AdminApp {
         let id = request_id::from_request(req);
         let path = req.uri.path().to_string();
         let method = req.method.clone();
+        if let Some(route) = path.strip_prefix("/cache/") {
+            if method != Method::DELETE {
+                return problem(Problem::MethodNotAllowed { allow: "DELETE".into() }, &id);
+            }
+            let query = req.uri.query().unwrap_or("").to_string();
+            return self.purge(route, &query, &id);
+        }
         if method != Method::GET && method != Method::HEAD {
             return problem(Problem::MethodNotAllowed { allow: "GET, HEAD".into() }, &id);
         }
         match path.as_str() {
             "/metrics" => {
+                if let Some(cache) = &self.gateway.cache {
+                    self.gateway.metrics.cache_stored_bytes(cache.store.stored_bytes());
+                }
                 text(StatusCode::OK, "text/plain; version=0.0.4; charset=utf-8", self.gateway.metrics.render(), &id)
             }
             "/healthz" => text(StatusCode::OK, "text/plain; charset=utf-8", b"ok\n".to_vec(), &id),

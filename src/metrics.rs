@@ -7,6 +7,7 @@
 
 use std::sync::OnceLock;
 
+use crate::cache::CacheResult;
 use crate::problem::Problem;
 
 use prometheus::{
@@ -95,6 +96,8 @@ struct RouteSeries {
     duration: Histogram,
     rate_limited: IntCounter,
     by_status: Box<[OnceLock<IntCounter>]>,
+    /// `seawall_cache_lookups_total` by [`CacheResult`], for routes with a cache.
+    cache: Option<[IntCounter; 4]>,
 }
 
 /// Handles of one upstream's series.
@@ -112,6 +115,8 @@ pub struct Metrics {
     jwks_refreshes: IntCounterVec,
     config_reloads: IntCounterVec,
     certificate_expiry: IntGaugeVec,
+    cache_lookups: IntCounterVec,
+    cache_stored_bytes: IntGauge,
     /// One per route, in config order, then [`ISSUER_ROUTE`] and [`NO_ROUTE`].
     routes: Vec<RouteSeries>,
     /// One per upstream, in config order.
@@ -194,8 +199,23 @@ impl Metrics {
             &["provider", "result"],
         )
         .expect("valid metric");
+        let cache_lookups = IntCounterVec::new(
+            Opts::new(
+                "seawall_cache_lookups_total",
+                "Lookups of cached routes by result (hit, miss, stale, coalesced)",
+            ),
+            &["route", "result"],
+        )
+        .expect("valid metric");
+        let cache_stored_bytes = IntGauge::new(
+            "seawall_cache_stored_bytes",
+            "Bytes the cache holds (bodies, headers, per-entry overhead); eviction keeps it under cache_storage.max_bytes",
+        )
+        .expect("valid metric");
         for collector in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(cache_lookups.clone()),
+            Box::new(cache_stored_bytes.clone()),
             Box::new(jwks_refreshes.clone()),
             Box::new(config_reloads.clone()),
             Box::new(rate_limited.clone()),
@@ -218,6 +238,7 @@ impl Metrics {
                 duration: request_duration.with_label_values(&[id]),
                 rate_limited: rate_limited.with_label_values(&[id]),
                 by_status: (0..STATUS_SLOTS).map(|_| OnceLock::new()).collect(),
+                cache: None,
             })
             .collect();
         let upstreams = upstreams
@@ -236,9 +257,34 @@ impl Metrics {
             jwks_refreshes,
             config_reloads,
             certificate_expiry,
+            cache_lookups,
+            cache_stored_bytes,
             routes,
             upstreams,
         }
+    }
+
+    /// Creates the cache series of these routes (indexes in the config), at zero.
+    pub fn with_cached_routes(mut self, routes: &[usize]) -> Metrics {
+        for &route in routes {
+            let series = &mut self.routes[route];
+            let counters =
+                CacheResult::ALL.map(|result| self.cache_lookups.with_label_values(&[series.id.as_str(), result.label()]));
+            series.cache = Some(counters);
+        }
+        self
+    }
+
+    /// Counts one lookup of a cached route.
+    pub fn cache_lookup(&self, route: usize, result: CacheResult) {
+        if let Some(counters) = &self.routes[route].cache {
+            counters[result as usize].inc();
+        }
+    }
+
+    /// What the cache holds now (set before each scrape).
+    pub fn cache_stored_bytes(&self, bytes: u64) {
+        self.cache_stored_bytes.set(bytes as i64);
     }
 
     /// `route`: index in the config, `None` when no route matched.

@@ -24,9 +24,12 @@ use pingora::modules::http::HttpModules;
 use pingora::prelude::*;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{Error, ErrorSource, ErrorType};
+use pingora_cache::key::CacheKey;
+use pingora_cache::{NoCacheReason, RespCacheable};
 use pingora_http::{RequestHeader, ResponseHeader};
 
 use crate::auth;
+use crate::cache::{self, CacheResult};
 use crate::auth::issuer::{self, TokenIssuer};
 use crate::auth::jwt::{self, Principal, TokenError};
 use crate::config::RateLimitKey;
@@ -79,6 +82,10 @@ pub struct RequestCtx {
     upstream_inflight: Option<InflightGuard>,
     /// The bulkhead slot and breaker admission of this request's upstream call.
     upstream_pass: Option<UpstreamPass>,
+    /// The route's cache was turned on for this request (GET/HEAD on a cached route).
+    cache_enabled: bool,
+    /// A stale entry is being served because the backend failed (`stale_if_error_secs`).
+    stale_because_of_error: bool,
     /// Set by the phase that refuses the request; `fail_to_proxy` answers with it.
     problem: Option<Problem>,
     /// The status the caller got (499: the caller went away first).
@@ -228,10 +235,15 @@ impl SeawallProxy {
     }
 
     /// Takes a token from the route's usage plan (after auth: a refused caller spends nothing,
-    /// and `client` keys need the principal).
-    fn charge_usage_plan(&self, ctx: &RequestCtx) -> Result<(), Problem> {
+    /// and `client` keys need the principal). A `route` plan guards the backend, so it is
+    /// charged only on the way there (`backend_bound`: after a cache miss); `client` and `ip`
+    /// plans guard the API and are charged for every request, cache hits included.
+    fn charge_usage_plan(&self, ctx: &RequestCtx, backend_bound: bool) -> Result<(), Problem> {
         let Some(route) = ctx.route else { return Ok(()) };
         let Some(plan) = &self.gateway.usage_plans[route] else { return Ok(()) };
+        if (plan.key == RateLimitKey::Route) != backend_bound {
+            return Ok(());
+        }
         let caller = match plan.key {
             RateLimitKey::Route => Caller::Route,
             RateLimitKey::Client => match ctx.principal.as_ref().and_then(|p| p.client_id.as_deref()) {
@@ -353,6 +365,8 @@ impl ProxyHttp for SeawallProxy {
             upstream_status: None,
             upstream_inflight: None,
             upstream_pass: None,
+            cache_enabled: false,
+            stale_because_of_error: false,
             problem: None,
             status: 0,
             _active: self.gateway.active_request(),
@@ -379,9 +393,13 @@ impl ProxyHttp for SeawallProxy {
                 return Ok(true);
             }
         }
+        // A background refresh of a stale entry (stale-while-revalidate) repeats its parent's
+        // checks but was paid for by it.
+        let refresh = session.subrequest_ctx.is_some();
         let admitted = match self.admit(session, ctx) {
             Ok(route) => match self.authenticate(session, ctx, route).await {
-                Ok(()) => self.charge_usage_plan(ctx).and_then(|()| self.admit_to_upstream(ctx, route)).map(|()| route),
+                Ok(()) if refresh => Ok(route),
+                Ok(()) => self.charge_usage_plan(ctx, false).map(|()| route),
                 Err(problem) => Err(problem),
             },
             Err(problem) => Err(problem),
@@ -404,6 +422,101 @@ impl ProxyHttp for SeawallProxy {
         }
     }
 
+    fn request_cache_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<()> {
+        // After `request_filter`: a cached answer never skips a check.
+        let (Some(cache), Some(route), Some(deadline)) = (&self.gateway.cache, ctx.route, ctx.deadline) else {
+            return Ok(());
+        };
+        let method = &session.req_header().method;
+        if self.gateway.config.routes[route].cache.is_none() || (method != http::Method::GET && method != http::Method::HEAD)
+        {
+            return Ok(());
+        }
+        // A request waiting for another's fill gives up with its deadline (then answers 504).
+        cache.enable(&mut session.cache, deadline.remaining(Instant::now()));
+        ctx.cache_enabled = true;
+        Ok(())
+    }
+
+    fn cache_key_callback(&self, session: &Session, ctx: &mut RequestCtx) -> Result<CacheKey> {
+        let route = ctx.route.map(|r| &self.gateway.config.routes[r]);
+        let Some((route, config)) = route.and_then(|r| Some((r, r.cache.as_ref()?))) else {
+            return Error::e_explain(ErrorType::InternalError, "cache key asked for a route without a cache");
+        };
+        let has_token = route.auth.as_ref().is_some_and(|a| a.provider.is_some());
+        let by_principal = cache::key::keyed_by_principal(config, has_token);
+        Ok(cache::key::request_key(
+            &route.id,
+            config,
+            by_principal,
+            session.req_header(),
+            &ctx.params,
+            ctx.principal.as_deref(),
+        ))
+    }
+
+    async fn proxy_upstream_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        // Runs after a cache miss (or at once on uncached routes): what guards the backend, so a
+        // cache hit is never charged, and only a request about to reach the backend takes a
+        // bulkhead slot or a half-open probe.
+        let Some(route) = ctx.route.map(|r| &self.gateway.config.routes[r]) else {
+            return Ok(true);
+        };
+        let refusal = if ctx.deadline.is_some_and(|d| d.expired(Instant::now())) {
+            // Waited on another request's fill until the deadline: never on to the backend.
+            Err(Problem::UpstreamTimeout)
+        } else {
+            self.charge_usage_plan(ctx, true).and_then(|()| self.admit_to_upstream(ctx, route))
+        };
+        let Err(problem) = refusal else {
+            return Ok(true);
+        };
+        let backend_side = matches!(problem, Problem::UpstreamTimeout | Problem::CircuitOpen { .. } | Problem::BackendOverloaded);
+        if backend_side && session.cache.can_serve_stale_error() {
+            // Answered from the stale entry by Pingora's error path (`upstream_peer` fails at
+            // once), after which it drops the connection: the answer says so.
+            session.set_keepalive(None);
+            ctx.problem = Some(problem);
+            return Ok(true);
+        }
+        self.respond(session, ctx, &problem).await;
+        ctx.problem = Some(problem);
+        Ok(false)
+    }
+
+    fn response_cache_filter(
+        &self,
+        _session: &Session,
+        response: &ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<RespCacheable> {
+        let config = ctx.route.and_then(|r| self.gateway.config.routes[r].cache.as_ref());
+        Ok(match config {
+            Some(config) => cache::cacheability(config, response),
+            None => RespCacheable::Uncacheable(NoCacheReason::NeverEnabled),
+        })
+    }
+
+    fn should_serve_stale(&self, _session: &mut Session, ctx: &mut RequestCtx, error: Option<&Error>) -> bool {
+        // Pingora has checked the entry's window (`stale_while_revalidate_secs` or
+        // `stale_if_error_secs`); what is left is whether this failure is the backend's.
+        let Some(error) = error else {
+            return true;
+        };
+        let backend_failed = match &ctx.problem {
+            Some(problem) => matches!(
+                problem,
+                Problem::UpstreamTimeout
+                    | Problem::UpstreamUnavailable { .. }
+                    | Problem::CircuitOpen { .. }
+                    | Problem::BackendOverloaded
+            ),
+            None => error.esource() == &ErrorSource::Upstream,
+        };
+        ctx.stale_because_of_error |= backend_failed;
+        backend_failed
+    }
+
     async fn upstream_peer(&self, _session: &mut Session, ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
         let (Some(route), Some(deadline)) = (ctx.route, ctx.deadline) else {
             let problem = Problem::Internal { reason: "no route at upstream_peer".into() };
@@ -411,6 +524,10 @@ impl ProxyHttp for SeawallProxy {
             ctx.problem = Some(problem);
             return Err(e);
         };
+        if let Some(problem) = &ctx.problem {
+            // Refused in `proxy_upstream_filter` with a stale entry to answer from instead.
+            return Err(refused(problem).into_up());
+        }
         let upstream_index = self.gateway.config.routes[route].upstream;
         let upstream = &self.gateway.upstreams[upstream_index];
         let now = Instant::now();
@@ -554,11 +671,15 @@ impl ProxyHttp for SeawallProxy {
 
     async fn response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         upstream_response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         upstream_response.insert_header("x-request-id", ctx.request_id.clone())?;
+        if ctx.cache_enabled {
+            let status = cache::cache_status(&session.cache, ctx.stale_because_of_error);
+            upstream_response.insert_header("cache-status", status)?;
+        }
         ctx.status = upstream_response.status.as_u16();
         Ok(())
     }
@@ -571,12 +692,10 @@ impl ProxyHttp for SeawallProxy {
         let deadline_passed = ctx.deadline.is_some_and(|d| d.expired(Instant::now()));
         let problem = ctx.problem.clone().or_else(|| Problem::from_proxy_error(e, ctx.body_complete, deadline_passed));
         let answered = session.response_written().is_some();
-        // Pingora keeps the caller's connection only for failures before an upstream was chosen;
-        // otherwise say `Connection: close` so the caller does not reuse a closing connection.
-        let reuse = ctx.attempts == 0 && ctx.body_complete;
-        if !reuse {
-            session.set_keepalive(None);
-        }
+        // Pingora drops the caller's connection after a failed proxy (we answer
+        // `can_reuse_downstream: false`, and a failed upstream call is never reused): say
+        // `Connection: close` so the caller does not send its next request on a closing connection.
+        session.set_keepalive(None);
         match (&problem, answered) {
             (Some(problem), false) => {
                 self.respond(session, ctx, problem).await;
@@ -613,6 +732,9 @@ impl ProxyHttp for SeawallProxy {
             metrics.observe_issuer(ctx.status, seconds);
         } else {
             metrics.observe_request(ctx.route, ctx.status, seconds);
+        }
+        if let (true, Some(route)) = (ctx.cache_enabled, ctx.route) {
+            metrics.cache_lookup(route, CacheResult::of(&session.cache));
         }
 
         let mut upstream_name = "";
