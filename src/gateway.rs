@@ -53,7 +53,8 @@ impl Gateway {
         let mut errors = Vec::new();
         let route_ids: Vec<&str> = config.routes.iter().map(|r| r.id.as_str()).collect();
         let upstream_names: Vec<&str> = config.upstreams.iter().map(|u| u.name.as_str()).collect();
-        let cached_routes: Vec<usize> = (0..config.routes.len()).filter(|&i| config.routes[i].cache.is_some()).collect();
+        let cached_routes: Vec<usize> =
+            (0..config.routes.len()).filter(|&i| config.routes[i].cache.is_some()).collect();
         let metrics = Arc::new(Metrics::new(&route_ids, &upstream_names).with_cached_routes(&cached_routes));
         let clock = Clock::default();
         let mut upstreams = Vec::new();

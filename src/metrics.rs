@@ -268,8 +268,8 @@ impl Metrics {
     pub fn with_cached_routes(mut self, routes: &[usize]) -> Metrics {
         for &route in routes {
             let series = &mut self.routes[route];
-            let counters =
-                CacheResult::ALL.map(|result| self.cache_lookups.with_label_values(&[series.id.as_str(), result.label()]));
+            let counters = CacheResult::ALL
+                .map(|result| self.cache_lookups.with_label_values(&[series.id.as_str(), result.label()]));
             series.cache = Some(counters);
         }
         self

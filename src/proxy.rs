@@ -29,9 +29,9 @@ use pingora_cache::{NoCacheReason, RespCacheable};
 use pingora_http::{RequestHeader, ResponseHeader};
 
 use crate::auth;
-use crate::cache::{self, CacheResult};
 use crate::auth::issuer::{self, TokenIssuer};
 use crate::auth::jwt::{self, Principal, TokenError};
+use crate::cache::{self, CacheResult};
 use crate::config::RateLimitKey;
 use crate::config::RouteConfig;
 use crate::forwarding::{self, Forwarded};
@@ -428,7 +428,8 @@ impl ProxyHttp for SeawallProxy {
             return Ok(());
         };
         let method = &session.req_header().method;
-        if self.gateway.config.routes[route].cache.is_none() || (method != http::Method::GET && method != http::Method::HEAD)
+        if self.gateway.config.routes[route].cache.is_none()
+            || (method != http::Method::GET && method != http::Method::HEAD)
         {
             return Ok(());
         }
@@ -471,7 +472,8 @@ impl ProxyHttp for SeawallProxy {
         let Err(problem) = refusal else {
             return Ok(true);
         };
-        let backend_side = matches!(problem, Problem::UpstreamTimeout | Problem::CircuitOpen { .. } | Problem::BackendOverloaded);
+        let backend_side =
+            matches!(problem, Problem::UpstreamTimeout | Problem::CircuitOpen { .. } | Problem::BackendOverloaded);
         if backend_side && session.cache.can_serve_stale_error() {
             // Answered from the stale entry by Pingora's error path (`upstream_peer` fails at
             // once), after which it drops the connection: the answer says so.

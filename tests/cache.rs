@@ -224,7 +224,13 @@ async fn stale_if_error_covers_a_failing_backend_and_an_open_circuit_within_its_
     let f = failing.clone();
     let backend = Backend::start(move |_| {
         let fail = f.load(Ordering::SeqCst);
-        Box::pin(async move { if fail { json(500, "{\"error\":true}") } else { json(200, "{\"balance\":10}") } })
+        Box::pin(async move {
+            if fail {
+                json(500, "{\"error\":true}")
+            } else {
+                json(200, "{\"balance\":10}")
+            }
+        })
     })
     .await;
     let gw = start_with_upstreams(
@@ -366,11 +372,8 @@ routes:
 
     // Purge one principal's entry: `principal` is the issuer and the client, joined by `+`.
     let admin = format!("http://{}", gw.admin);
-    let purge = client
-        .delete(format!("{admin}/cache/mine?principal=https%3A%2F%2Fidp.example.com+a"))
-        .send()
-        .await
-        .unwrap();
+    let purge =
+        client.delete(format!("{admin}/cache/mine?principal=https%3A%2F%2Fidp.example.com+a")).send().await.unwrap();
     assert_eq!(purge.status(), 200);
     assert_eq!(purge.json::<serde_json::Value>().await.unwrap()["purged"], 1);
     assert_ne!(as_client("/mine", token("a", "t1")).await.1, a, "the purged entry was served");

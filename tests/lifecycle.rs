@@ -182,6 +182,13 @@ async fn the_demo_routes_a_lookup_and_times_out_the_hanging_one() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
+    // Drained as it comes: the demo logs every request, and a full pipe would stall it.
+    let mut demo_stdout = child.stdout.take().unwrap();
+    let stdout_reader = std::thread::spawn(move || {
+        let mut text = String::new();
+        demo_stdout.read_to_string(&mut text).unwrap();
+        text
+    });
     wait_ready(admin);
     let client = reqwest::Client::new();
     let resp = client.get(format!("http://127.0.0.1:{port}/accounts/1001")).send().await.unwrap();
@@ -190,6 +197,27 @@ async fn the_demo_routes_a_lookup_and_times_out_the_hanging_one() {
     assert_eq!(body["accountId"], "1001");
     let resp = client.get(format!("http://127.0.0.1:{port}/nowhere")).send().await.unwrap();
     assert_eq!(resp.status(), 404);
+
+    // The cache: a miss then a hit; a herd of 200 on a cold account is one more miss (one CRM
+    // query); a purge.
+    let cache_status = |r: &reqwest::Response| r.headers()["cache-status"].to_str().unwrap().to_string();
+    let cached = format!("http://127.0.0.1:{port}/cached/accounts/1001");
+    assert_eq!(cache_status(&client.get(&cached).send().await.unwrap()), "seawall; fwd=miss; stored");
+    assert!(cache_status(&client.get(&cached).send().await.unwrap()).starts_with("seawall; hit; ttl="));
+    let herd: Vec<_> = (0..200)
+        .map(|_| {
+            let (client, url) = (client.clone(), format!("http://127.0.0.1:{port}/cached/accounts/2002"));
+            tokio::spawn(async move { client.get(url).send().await.unwrap().status() })
+        })
+        .collect();
+    for request in herd {
+        assert_eq!(request.await.unwrap(), 200);
+    }
+    let metrics = reqwest::get(format!("http://127.0.0.1:{admin}/metrics")).await.unwrap().text().await.unwrap();
+    assert!(metrics.contains(r#"seawall_cache_lookups_total{result="miss",route="cached_lookup"} 2"#), "{metrics}");
+    let purged = client.delete(format!("http://127.0.0.1:{admin}/cache/cached_lookup")).send().await.unwrap();
+    assert_eq!(purged.text().await.unwrap(), r#"{"purged":2,"route":"cached_lookup"}"#);
+
     // The OAuth2 flow the demo prints: 401 without a token, a token from the built-in issuer, 200.
     let secure = format!("http://127.0.0.1:{port}/secure/accounts/1001");
     assert_eq!(client.get(&secure).send().await.unwrap().status(), 401);
@@ -253,8 +281,7 @@ async fn the_demo_routes_a_lookup_and_times_out_the_hanging_one() {
     assert!(started.elapsed() < Duration::from_millis(2300));
     signal(&child, "INT");
     let _ = wait_exit(&mut child, Duration::from_secs(3));
-    let mut stdout = String::new();
-    child.stdout.take().unwrap().read_to_string(&mut stdout).unwrap();
+    let stdout = stdout_reader.join().unwrap();
     assert!(stdout.contains(&format!("curl -i http://127.0.0.1:{port}/accounts/1001")), "{stdout}");
     assert!(stdout.contains("/accounts/hang"), "{stdout}");
     assert!(stdout.contains(&format!("--cert {}/client.pem", material.display())), "{stdout}");

@@ -78,9 +78,8 @@ pub fn request_key(
             VaryPart::Claim(name) => principal.and_then(|p| p.claim(name)).map(|v| v.as_bytes().to_vec()),
         })
         .collect();
-    let principal = by_principal
-        .then(|| principal.map(|p| (p.issuer.as_str(), p.client_id.as_deref().unwrap_or(""))))
-        .flatten();
+    let principal =
+        by_principal.then(|| principal.map(|p| (p.issuer.as_str(), p.client_id.as_deref().unwrap_or("")))).flatten();
     compose(route_id, &request.method, values.iter().map(|v| v.as_deref()), principal)
 }
 
@@ -96,7 +95,8 @@ pub fn purge_keys(
     let pairs: Vec<(String, String)> = form_urlencoded::parse(query.as_bytes()).into_owned().collect();
     let labels: Vec<String> = config.vary.iter().map(VaryPart::label).collect();
     for (name, _) in &pairs {
-        if !labels.contains(name) && !(by_principal && name == "principal") {
+        let known = labels.contains(name) || (by_principal && name == "principal");
+        if !known {
             let mut known = labels.clone();
             if by_principal {
                 known.push("principal".into());
@@ -169,9 +169,12 @@ mod tests {
 
     #[test]
     fn only_declared_parts_select_the_entry() {
-        let c = config(vec![VaryPart::Query("lang".into()), VaryPart::Header(http::HeaderName::from_static("x-tenant"))]);
+        let c =
+            config(vec![VaryPart::Query("lang".into()), VaryPart::Header(http::HeaderName::from_static("x-tenant"))]);
         let params = PathParams::default();
-        let key = |uri: &str, headers: &[(&str, &str)]| hash(&request_key("r", &c, false, &request(uri, headers), &params, None));
+        let key = |uri: &str, headers: &[(&str, &str)]| {
+            hash(&request_key("r", &c, false, &request(uri, headers), &params, None))
+        };
         let base = key("/a?lang=en&x=1", &[("x-tenant", "t1"), ("user-agent", "a")]);
         assert_eq!(base, key("/a?x=2&lang=en", &[("x-tenant", "t1"), ("user-agent", "b")]));
         assert_eq!(base, key("/a?lang=%65n", &[("x-tenant", "t1")]), "query values are compared decoded");

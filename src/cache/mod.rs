@@ -85,7 +85,9 @@ pub fn cache_status(cache: &HttpCache, stale_because_of_error: bool) -> String {
         CachePhase::Stale => format!("seawall; hit{ttl}"),
         CachePhase::Expired if cache.enabled() => "seawall; fwd=stale; stored".into(),
         CachePhase::Expired => "seawall; fwd=stale".into(),
-        CachePhase::Revalidated | CachePhase::RevalidatedNoCache(_) => format!("seawall; fwd=stale; fwd-status=304{ttl}"),
+        CachePhase::Revalidated | CachePhase::RevalidatedNoCache(_) => {
+            format!("seawall; fwd=stale; fwd-status=304{ttl}")
+        }
         CachePhase::Miss if cache.enabled() => "seawall; fwd=miss; stored".into(),
         _ => "seawall; fwd=miss".into(),
     }
@@ -202,7 +204,10 @@ fn vary_is_covered(config: &RouteCacheConfig, response: &ResponseHeader) -> bool
         let Ok(value) = value.to_str() else { return false };
         value.split(',').map(str::trim).filter(|name| !name.is_empty()).all(|name| {
             name != "*"
-                && config.vary.iter().any(|part| matches!(part, VaryPart::Header(h) if h.as_str().eq_ignore_ascii_case(name)))
+                && config
+                    .vary
+                    .iter()
+                    .any(|part| matches!(part, VaryPart::Header(h) if h.as_str().eq_ignore_ascii_case(name)))
         })
     })
 }
@@ -253,9 +258,16 @@ mod tests {
     fn origin_directives_win_when_honored() {
         let c = config(true);
         assert_eq!(fresh_secs(cacheability(&c, &response(200, &[("cache-control", "max-age=7")]))), Some(7));
-        assert_eq!(fresh_secs(cacheability(&c, &response(200, &[("cache-control", "s-maxage=9, max-age=7")]))), Some(9));
+        assert_eq!(
+            fresh_secs(cacheability(&c, &response(200, &[("cache-control", "s-maxage=9, max-age=7")]))),
+            Some(9)
+        );
         for forbidding in ["no-store", "private", "no-cache", "max-age=0"] {
-            assert_eq!(fresh_secs(cacheability(&c, &response(200, &[("cache-control", forbidding)]))), None, "{forbidding}");
+            assert_eq!(
+                fresh_secs(cacheability(&c, &response(200, &[("cache-control", forbidding)]))),
+                None,
+                "{forbidding}"
+            );
         }
         assert_eq!(fresh_secs(cacheability(&c, &response(200, &[("vary", "*")]))), None);
         assert_eq!(fresh_secs(cacheability(&c, &response(200, &[("vary", "Cookie")]))), None);

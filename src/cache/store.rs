@@ -115,9 +115,8 @@ impl CacheStore {
         let index = &self.routes[route];
         // Entries stored while this runs carry the old generation and are never served.
         index.generation.fetch_add(1, Ordering::Relaxed);
-        let keys: Vec<u128> = std::mem::take(&mut *index.keys.lock().unwrap_or_else(|e| e.into_inner()))
-            .into_iter()
-            .collect();
+        let keys: Vec<u128> =
+            std::mem::take(&mut *index.keys.lock().unwrap_or_else(|e| e.into_inner())).into_iter().collect();
         keys.iter().filter(|key| self.remove(**key)).count()
     }
 

@@ -42,8 +42,8 @@ pub mod defaults {
     pub const TOKEN_TTL_SECS: u64 = 3600;
     pub const CACHE_MAX_BYTES: u64 = 256 * 1024 * 1024;
     pub const CACHE_MAX_OBJECT_BYTES: u64 = 2 * 1024 * 1024;
-    /// The largest answer the store can hold (its eviction weights are 16-bit, in 256-byte units).
-    pub const CACHE_MAX_OBJECT_LIMIT: u64 = 16 * 1024 * 1024;
+    /// The largest answer the store can hold (eviction weights are 16-bit, in 256-byte units: 16 MiB with headers).
+    pub const CACHE_MAX_OBJECT_LIMIT: u64 = 8 * 1024 * 1024;
     /// The smallest store worth having: a few answers of the largest size.
     pub const CACHE_MIN_BYTES: u64 = 64 * 1024;
     /// Freshness and stale windows are kept in 32-bit seconds: a year is plenty.

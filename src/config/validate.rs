@@ -9,10 +9,10 @@ use http::Method;
 
 use super::schema::{self, Methods, Sections, UpstreamTlsSection};
 use super::{
-    defaults, AdminConfig, AllowlistConfig, CacheStorageConfig, CircuitBreakerConfig, ClientAuthConfig, ClientAuthMode, Config,
-    ConfigError, JwtProviderConfig, KeySource, ListenerConfig, ListenerTlsConfig, LogFormat, LoggingSettings,
-    RateLimitConfig, RateLimitKey, RouteAuth, RouteCacheConfig, RouteConfig, ServerSettings, TokenIssuerConfig, UpstreamConfig,
-    UpstreamTls, VaryPart,
+    defaults, AdminConfig, AllowlistConfig, CacheStorageConfig, CircuitBreakerConfig, ClientAuthConfig, ClientAuthMode,
+    Config, ConfigError, JwtProviderConfig, KeySource, ListenerConfig, ListenerTlsConfig, LogFormat, LoggingSettings,
+    RateLimitConfig, RateLimitKey, RouteAuth, RouteCacheConfig, RouteConfig, ServerSettings, TokenIssuerConfig,
+    UpstreamConfig, UpstreamTls, VaryPart,
 };
 use crate::auth::ip::{parse_cidr, read_allowlist_file, CidrSet};
 use crate::auth::jwt::parse_algorithm;
@@ -194,7 +194,7 @@ fn cache_storage(s: &schema::CacheStorageSection, err: &mut impl FnMut(String, S
     if max_object_bytes == 0 || max_object_bytes > defaults::CACHE_MAX_OBJECT_LIMIT {
         err(
             "cache_storage.max_object_bytes".into(),
-            format!("{max_object_bytes} is not between 1 and {} (16 MiB)", defaults::CACHE_MAX_OBJECT_LIMIT),
+            format!("{max_object_bytes} is not between 1 and {} (8 MiB)", defaults::CACHE_MAX_OBJECT_LIMIT),
         );
     } else if max_object_bytes > max_bytes {
         err(
