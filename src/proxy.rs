@@ -73,6 +73,9 @@ pub struct RequestCtx {
     pub principal: Option<Arc<Principal>>,
     /// Answered by the built-in token issuer.
     issuer_request: bool,
+    /// A background refresh of a stale entry (stale-while-revalidate), made by the gateway: its
+    /// upstream call counts, but it is no caller's request.
+    refresh: bool,
     attempts: u32,
     stale_connection_retried: bool,
     body_bytes: u64,
@@ -357,6 +360,7 @@ impl ProxyHttp for SeawallProxy {
             client_ip: None,
             principal: None,
             issuer_request: false,
+            refresh: false,
             attempts: 0,
             stale_connection_retried: false,
             body_bytes: 0,
@@ -395,10 +399,10 @@ impl ProxyHttp for SeawallProxy {
         }
         // A background refresh of a stale entry (stale-while-revalidate) repeats its parent's
         // checks but was paid for by it.
-        let refresh = session.subrequest_ctx.is_some();
+        ctx.refresh = session.subrequest_ctx.is_some();
         let admitted = match self.admit(session, ctx) {
             Ok(route) => match self.authenticate(session, ctx, route).await {
-                Ok(()) if refresh => Ok(route),
+                Ok(()) if ctx.refresh => Ok(route),
                 Ok(()) => self.charge_usage_plan(ctx, false).map(|()| route),
                 Err(problem) => Err(problem),
             },
@@ -732,11 +736,11 @@ impl ProxyHttp for SeawallProxy {
         let seconds = now.duration_since(ctx.start).as_secs_f64();
         if ctx.issuer_request {
             metrics.observe_issuer(ctx.status, seconds);
-        } else {
+        } else if !ctx.refresh {
             metrics.observe_request(ctx.route, ctx.status, seconds);
-        }
-        if let (true, Some(route)) = (ctx.cache_enabled, ctx.route) {
-            metrics.cache_lookup(route, CacheResult::of(&session.cache));
+            if let (true, Some(route)) = (ctx.cache_enabled, ctx.route) {
+                metrics.cache_lookup(route, CacheResult::of(&session.cache));
+            }
         }
 
         let mut upstream_name = "";
@@ -761,6 +765,11 @@ impl ProxyHttp for SeawallProxy {
         ctx.upstream_inflight = None;
 
         if self.gateway.access_log {
+            let cache = match (ctx.refresh, ctx.cache_enabled) {
+                (true, _) => "refresh",
+                (false, true) => CacheResult::of(&session.cache).label(),
+                (false, false) => "",
+            };
             let req = session.req_header();
             tracing::info!(
                 target: "seawall::access",
@@ -777,6 +786,7 @@ impl ProxyHttp for SeawallProxy {
                 upstream_status = ctx.upstream_status.unwrap_or(0),
                 upstream_ms = upstream_ms.unwrap_or(0.0),
                 attempts = ctx.attempts,
+                cache,
                 reason = %ctx.problem.as_ref().map(|p| p.to_string()).or_else(|| e.map(|e| e.to_string())).unwrap_or_default(),
             );
         }

@@ -203,7 +203,9 @@ routes:
     }
     // One background refresh, then the fresh answer.
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let mut calls = 1 + 5;
     loop {
+        calls += 1;
         let (_, cache_status, body) = get(&client, &gw.url("/balance")).await;
         if cache_status.starts_with("seawall; hit; ttl=") && body.contains("\"answer\":2") {
             break;
@@ -216,6 +218,16 @@ routes:
     gw.gateway.clock.advance(Duration::from_secs(60));
     let (_, cache_status, _) = get(&client, &gw.url("/balance")).await;
     assert_eq!(cache_status, "seawall; fwd=stale; stored");
+    // The background refresh is an upstream call, not a caller's request.
+    let metrics = gw.metrics().await;
+    calls += 1;
+    let answered = metric(&metrics, r#"seawall_requests_total{route="balance",status="200"}"#);
+    let looked_up: u64 = ["hit", "miss", "stale", "coalesced"]
+        .iter()
+        .map(|r| metric(&metrics, &format!(r#"seawall_cache_lookups_total{{result="{r}",route="balance"}}"#)))
+        .sum();
+    assert_eq!((answered, looked_up), (calls, calls));
+    assert_eq!(metric(&metrics, r#"seawall_upstream_requests_total{outcome="ok",upstream="crm"}"#), 3);
 }
 
 #[tokio::test(flavor = "multi_thread")]
