@@ -15,6 +15,7 @@ Usage: loadtest/run [--rounds N] [--duration S] [--scenarios a,b] [--peers seawa
 """
 
 import argparse
+import asyncio
 import json
 import os
 import re
@@ -70,6 +71,8 @@ SCENARIOS = [
              bearer=True, peers=("seawall", "haproxy")),
     # Nearly every request over the route's usage plan: the cost of a refusal (429).
     Scenario("throttled", "GET over a 50 req/s usage plan: 429s, 50 connections", "/limited", refused=True),
+    # Every request a hit of the proxy's own cache (nginx proxy_cache, HAProxy cache).
+    Scenario("cache_hit", "GET, small JSON answer from the proxy's cache, 50 connections", "/cached"),
     Scenario("tls_small", "HTTPS keep-alive (ECDSA P-256, TLS 1.3), small JSON, 50 connections", "/small",
              listener="tls"),
     Scenario("tls_handshake", "HTTPS, a new connection and full handshake per request, 50 connections", "/small",
@@ -93,6 +96,11 @@ LATENCY_CONNECTIONS = 50
 THROTTLE_RATE = 50
 THROTTLE_OVERLOAD = 5
 THROTTLE_SECS = 20
+# Thundering herd: HERD_SIZE requests at once for one cold key, the backend answering in
+# HERD_DELAY_SECS; what counts is how many reach the backend.
+HERD_SIZE = 1000
+HERD_DELAY_SECS = 0.2
+HERD_PREFIX = "/herd/"
 # Open files per process; the sandboxes these run in allow at most 20,000 (hard limit).
 NOFILE = 20_000
 
@@ -181,6 +189,7 @@ http {{
         location = /post {{ client_body_buffer_size 64k; return 200 '{SMALL_JSON}'; }}
         location = /secure {{ return 200 '{SMALL_JSON}'; }}
         location = /limited {{ return 200 '{SMALL_JSON}'; }}
+        location = /cached {{ add_header Cache-Control "max-age=3600"; return 200 '{SMALL_JSON}'; }}
         location = /backend_status {{ stub_status; }}
         location / {{ return 404; }}
     }}
@@ -188,8 +197,23 @@ http {{
 """
 
 
-def nginx_conf(port, backend_port, workdir, access_log, tls_ports=None):
+def nginx_conf(port, backend_port, workdir, access_log, tls_ports=None, slow_port=None):
     log = f"access_log {workdir}/nginx-access.log;" if access_log else "access_log off;"
+    # proxy_cache (files under the work dir, in the page cache) with proxy_cache_lock: without the
+    # lock nginx sends every concurrent miss to the backend.
+    cache = """
+            proxy_cache hot;
+            proxy_cache_valid 200 60s;
+            proxy_cache_lock on;
+            proxy_cache_lock_timeout 10s;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";"""
+    herd = ""
+    if slow_port:
+        herd = f"""
+        location {HERD_PREFIX} {{{cache}
+            proxy_pass http://slow;
+        }}"""
     proxy = """
         location / {
             proxy_pass http://backend;
@@ -224,13 +248,21 @@ http {{
     keepalive_timeout 300s;
     limit_req_zone $server_port zone=plan:1m rate={THROTTLE_RATE}r/s;
     limit_req_status 429;
+    proxy_cache_path {workdir}/nginx-cache levels=1:2 keys_zone=hot:10m max_size=256m inactive=1h;
     upstream backend {{
         server 127.0.0.1:{backend_port};
         keepalive 1024;
         keepalive_requests 1000000;
     }}
+    upstream slow {{
+        server 127.0.0.1:{slow_port or backend_port};
+        keepalive 1024;
+    }}
     server {{
         listen 127.0.0.1:{port} backlog=65535;
+        location = /cached {{{cache}
+            proxy_pass http://backend;
+        }}{herd}
         location = /limited {{
             limit_req zone=plan burst={THROTTLE_RATE} nodelay;
             proxy_pass http://backend;
@@ -242,7 +274,7 @@ http {{
 """
 
 
-def haproxy_conf(port, backend_port, workdir, access_log, tls_ports=None):
+def haproxy_conf(port, backend_port, workdir, access_log, tls_ports=None, slow_port=None):
     log = "log stdout format raw local0\n    option httplog" if access_log else "no log"
     tls = ""
     if tls_ports:
@@ -259,6 +291,10 @@ global
     # stateful tickets) where nginx and Seawall make full handshakes.
     tune.ssl.cachesize 0
     pidfile {workdir}/haproxy.pid
+cache hot
+    total-max-size 256
+    max-object-size 1048576
+    max-age 60
 defaults
     mode http
     {log}
@@ -285,13 +321,23 @@ frontend public
     http-request deny status 401 if secure !{{ var(txn.bearer),jwt_payload_query('$.aud') -m str {JWT_AUDIENCE} }}
     http-request deny status 401 if secure {{ var(txn.bearer),jwt_payload_query('$.exp','int'),sub(txn.now) -m int lt 0 }}
     http-request deny status 401 if secure !{{ var(txn.bearer),jwt_verify(txn.jwt_alg,"{workdir}/jwt.pub.pem") -m int 1 }}
+    use_backend be_cached if {{ path /cached }}
+    use_backend be_herd if {{ path_beg {HERD_PREFIX} }}
     default_backend be
 backend be
     server s1 127.0.0.1:{backend_port} maxconn 4096
+backend be_cached
+    http-request cache-use hot
+    http-response cache-store hot
+    server s1 127.0.0.1:{backend_port} maxconn 4096
+backend be_herd
+    http-request cache-use hot
+    http-response cache-store hot
+    server s1 127.0.0.1:{slow_port or backend_port} maxconn 4096
 """
 
 
-def seawall_conf(port, admin_port, backend_port, access_log, workdir="/tmp", tls_ports=None):
+def seawall_conf(port, admin_port, backend_port, access_log, workdir="/tmp", tls_ports=None, slow_port=None):
     tls = ""
     if tls_ports:
         tls = f"""
@@ -329,7 +375,19 @@ jwt_providers:
 upstreams:
   backend:
     targets: ["127.0.0.1:{backend_port}"]
+  slow:
+    targets: ["127.0.0.1:{slow_port or backend_port}"]
 routes:
+  - id: cached
+    match: {{ method: GET, path: "/cached" }}
+    upstream: backend
+    timeout_ms: 10000
+    cache: {{ ttl_secs: 60 }}
+  - id: herd
+    match: {{ method: GET, path: "{HERD_PREFIX}{{key}}" }}
+    upstream: slow
+    timeout_ms: 10000
+    cache: {{ ttl_secs: 60, vary: [path.key] }}
   - id: secure
     match: {{ method: GET, path: "/secure" }}
     allow_ips: [local]
@@ -508,7 +566,7 @@ def process_tree(pid):
     return pids
 
 
-def make_peers(names, seawall_bin, backend_port, workdir, access_log, variants=None):
+def make_peers(names, seawall_bin, backend_port, workdir, access_log, variants=None, slow_port=None):
     """`variants` maps extra peer names to other Seawall binaries (A/B runs: `--variant`)."""
     variants = variants or {}
     peers = []
@@ -520,17 +578,17 @@ def make_peers(names, seawall_bin, backend_port, workdir, access_log, variants=N
         if name == "seawall" or name in variants:
             conf = os.path.join(workdir, f"{name}-{tag}.yaml")
             with open(conf, "w") as f:
-                f.write(seawall_conf(port, free_port(), backend_port, access_log, workdir, tls_ports))
+                f.write(seawall_conf(port, free_port(), backend_port, access_log, workdir, tls_ports, slow_port))
             argv = [variants.get(name, seawall_bin), "run", "-c", conf]
         elif name == "nginx":
             conf = os.path.join(workdir, f"nginx-{tag}.conf")
             with open(conf, "w") as f:
-                f.write(nginx_conf(port, backend_port, workdir, access_log, tls_ports))
+                f.write(nginx_conf(port, backend_port, workdir, access_log, tls_ports, slow_port))
             argv = [shutil.which("nginx") or "/usr/sbin/nginx", "-c", conf, "-p", workdir, "-e", os.path.join(workdir, "nginx-error.log")]
         elif name == "haproxy":
             conf = os.path.join(workdir, f"haproxy-{tag}.cfg")
             with open(conf, "w") as f:
-                f.write(haproxy_conf(port, backend_port, workdir, access_log, tls_ports))
+                f.write(haproxy_conf(port, backend_port, workdir, access_log, tls_ports, slow_port))
             argv = [shutil.which("haproxy") or "/usr/sbin/haproxy", "-db", "-f", conf]
         else:
             raise ValueError(f"unknown peer {name}")
@@ -646,6 +704,113 @@ def throttle_accuracy(peer, backend_port, seconds=THROTTLE_SECS):
     }
 
 
+class SlowBackend:
+    """The herd's backend: answers every request after HERD_DELAY_SECS (cacheable for a minute)
+    and counts what it was asked. asyncio in a thread of the harness, on loopback."""
+
+    def __init__(self):
+        self.port = free_port()
+        self.count = 0
+        self.loop = None
+        self.thread = None
+
+    async def _serve(self, reader, writer):
+        body = SMALL_JSON.encode()
+        head = (b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncache-control: max-age=60\r\n"
+                b"content-length: " + str(len(body)).encode() + b"\r\n\r\n")
+        try:
+            while True:
+                await reader.readuntil(b"\r\n\r\n")
+                self.count += 1
+                await asyncio.sleep(HERD_DELAY_SECS)
+                writer.write(head + body)
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError, asyncio.LimitOverrunError):
+            pass
+        finally:
+            writer.close()
+
+    def start(self):
+        import threading
+        ready = threading.Event()
+
+        def run():
+            self.loop = asyncio.new_event_loop()
+            server = self.loop.run_until_complete(
+                asyncio.start_server(self._serve, "127.0.0.1", self.port, backlog=4096))
+            ready.set()
+            try:
+                self.loop.run_forever()
+            finally:
+                server.close()
+
+        self.thread = threading.Thread(target=run, daemon=True)
+        self.thread.start()
+        ready.wait(10)
+
+    def stop(self):
+        if not self.loop:
+            return
+
+        async def shutdown():
+            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+        asyncio.run_coroutine_threadsafe(shutdown(), self.loop).result(10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+
+
+def parse_status_line(head):
+    """The status code of an HTTP/1.1 answer head."""
+    match = re.match(rb"HTTP/1\.[01] (\d{3})", head)
+    if not match:
+        raise ValueError("not an HTTP answer: " + head[:80].decode(errors="replace"))
+    return int(match.group(1))
+
+
+def thundering_herd(peer, slow, key, size=HERD_SIZE):
+    """`size` connections opened first, then one GET each for the same cold key sent at once;
+    reports how many requests reached the backend, the answers and how long the herd took."""
+
+    async def connect(sem):
+        async with sem:
+            return await asyncio.open_connection("127.0.0.1", peer.port)
+
+    async def answer(reader):
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = re.search(rb"(?i)content-length:\s*(\d+)", head)
+        if length:
+            await reader.readexactly(int(length.group(1)))
+        return parse_status_line(head)
+
+    async def main():
+        sem = asyncio.Semaphore(500)
+        conns = await asyncio.gather(*(connect(sem) for _ in range(size)))
+        request = f"GET {HERD_PREFIX}{key} HTTP/1.1\r\nHost: bench\r\n\r\n".encode()
+        before = slow.count
+        started = time.monotonic()
+        for _, writer in conns:
+            writer.write(request)
+        statuses = await asyncio.wait_for(asyncio.gather(*(answer(r) for r, _ in conns), return_exceptions=True),
+                                          timeout=60)
+        elapsed = time.monotonic() - started
+        for _, writer in conns:
+            writer.close()
+        return slow.count - before, statuses, elapsed
+
+    raise_nofile()
+    queries, statuses, elapsed = asyncio.run(main())
+    codes = {}
+    for st in statuses:
+        name = str(st) if isinstance(st, int) else "error"
+        codes[name] = codes.get(name, 0) + 1
+    return {"requests": size, "backend_queries": queries, "codes": codes, "seconds": elapsed,
+            "errors": size - codes.get("200", 0)}
+
+
 def idle_connections(peer, count):
     """RSS growth of the proxy while `count` keep-alive connections sit idle after one request."""
     import asyncio
@@ -696,6 +861,25 @@ def table(results, scenarios, peers, title):
             lines.append(
                 f"| {s.name} | {p} | {x['rps']['median']:.0f} | {cpu['median']:.1f} ({cpu['min']:.1f}–{cpu['max']:.1f}) | "
                 f"{x['peak_rss_kb'] / 1024:.1f} | {x['errors']} | {rel_n} | {rel_h} |")
+    return "\n".join(lines)
+
+
+def herd_table(herd):
+    """Backend queries per peer for a herd on a cold key, every round."""
+    lines = ["Thundering herd: each connection sends one GET for the same cold key, all at once; the "
+             f"backend answers in {HERD_DELAY_SECS * 1000:.0f} ms (cacheable). nginx: `proxy_cache` with "
+             "`proxy_cache_lock on`; HAProxy: its `cache` (no request coalescing).", "",
+             "| peer | requests | backend queries per round | answers | seconds (median) |",
+             "|---|---|---|---|---|"]
+    for p, rounds in herd.items():
+        queries = ", ".join(str(h["backend_queries"]) for h in rounds)
+        codes = {}
+        for h in rounds:
+            for code, n in h["codes"].items():
+                codes[code] = codes.get(code, 0) + n
+        answers = ", ".join(f"{n}× {code}" for code, n in sorted(codes.items()))
+        lines.append(f"| {p} | {rounds[0]['requests']} | {queries} | {answers} | "
+                     f"{statistics.median(h['seconds'] for h in rounds):.2f} |")
     return "\n".join(lines)
 
 
@@ -775,6 +959,8 @@ def main(argv=None):
     ap.add_argument("--no-latency", dest="latency", action="store_false", help="skip the open-loop latency runs")
     ap.add_argument("--no-throttle", dest="throttle", action="store_false",
                     help=f"skip the throttle accuracy run ({THROTTLE_OVERLOAD}× a {THROTTLE_RATE} req/s plan)")
+    ap.add_argument("--no-herd", dest="herd", action="store_false",
+                    help=f"skip the thundering herd ({HERD_SIZE} requests at once on a cold key)")
     ap.add_argument("--latency-rates", default=",".join(str(r) for r in LATENCY_RATES))
     ap.add_argument("--latency-duration", type=int, default=8)
     ap.add_argument("--smoke", action="store_true", help="1 s per scenario, 1 round, at most 200 connections, no logs table")
@@ -800,6 +986,7 @@ def main(argv=None):
         args.rounds, args.duration, args.no_logs_table, args.latency, args.throttle = 1, 1, True, False, False
         scenarios = [s for s in scenarios if s.connections <= 200]
         args.idle = min(args.idle, 200)
+    herd_size = min(HERD_SIZE, 200) if args.smoke else HERD_SIZE
 
     workdir = tempfile.mkdtemp(prefix="seawall-loadtest-")
     # nginx workers run unprivileged: they must be able to read the 16 KB answer.
@@ -819,12 +1006,14 @@ def main(argv=None):
     report = {"machine": machine_facts(), "command": args.command, "rounds": args.rounds,
               "duration_secs": args.duration, "tables": {}}
     failures = []
+    slow = SlowBackend()
+    slow.start()
     try:
         wait_port(backend_port)
         variants = [("nologs", False)] + ([] if args.no_logs_table else [("logs", True)])
         for tag, access_log in variants:
             runs = {}
-            live = make_peers(peers, args.seawall, backend_port, workdir, access_log, alternatives)
+            live = make_peers(peers, args.seawall, backend_port, workdir, access_log, alternatives, slow.port)
             for p in live:
                 p.start()
             try:
@@ -858,6 +1047,17 @@ def main(argv=None):
                         print(f"[throttle] {p.name:8} offered {t['offered_rps']:.0f} req/s, backend saw "
                               f"{t['backend_rps']:.1f} req/s ({t['accuracy']:.3f} of the plan), "
                               f"{t['cpu_us_per_request']:.1f} µs CPU/request", flush=True)
+                herd = {}
+                if args.herd and tag == "nologs":
+                    for rnd in range(args.rounds):
+                        for p in live:
+                            h = thundering_herd(p, slow, f"{p.name}-{rnd}", herd_size)
+                            herd.setdefault(p.name, []).append(h)
+                            print(f"[herd round {rnd + 1}] {p.name:8} {h['requests']} requests at once: "
+                                  f"{h['backend_queries']} reached the backend, answers {h['codes']}, "
+                                  f"{h['seconds']:.2f} s", flush=True)
+                            if p.name == "seawall" and (h["backend_queries"] != 1 or h["errors"]):
+                                failures.append(f"herd {p.name}: {h['backend_queries']} backend queries, {h['codes']}")
                 idle = {}
                 if args.idle and tag == "nologs":
                     # Fresh processes: memory kept from the load above would hide the growth.
@@ -885,8 +1085,10 @@ def main(argv=None):
                        for pname, rs in by_peer.items()}
                 for rate, by_peer in latency.items()
             }
-            report["tables"][tag] = {"scenarios": summary, "idle": idle, "latency": lat_summary, "throttle": throttle}
+            report["tables"][tag] = {"scenarios": summary, "idle": idle, "latency": lat_summary, "throttle": throttle,
+                                     "herd": herd}
     finally:
+        slow.stop()
         os.killpg(backend.pid, signal.SIGTERM)
         backend.wait(timeout=10)
 
@@ -931,6 +1133,9 @@ def write_report(report, scenarios, peers, out, smoke):
             for p, v in t["throttle"].items():
                 parts.append(f"| {p} | {v['offered_rps']:.0f} | {v['backend_rps']:.1f} | {v['accuracy']:.3f}× | "
                              f"{v['ceiling']:.1f} | {v['cpu_us_per_request']:.1f} |")
+            parts.append("")
+        if t.get("herd"):
+            parts.append(herd_table(t["herd"]))
             parts.append("")
         if t.get("idle"):
             parts.append("| idle keep-alive connections | peer | RSS growth per 1000 connections (kB) |")

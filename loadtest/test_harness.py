@@ -190,6 +190,41 @@ class ConfigTest(unittest.TestCase):
         self.assertIn("--disable-keepalive", calls[1])
         self.assertIn("--cert", calls[1])
 
+    def test_herd_routes_go_to_the_slow_backend_through_each_cache(self):
+        with tempfile.TemporaryDirectory() as d:
+            n = harness.nginx_conf(1000, 2000, d, access_log=False, slow_port=3000)
+            h = harness.haproxy_conf(1001, 2000, d, access_log=False, slow_port=3000)
+            s = harness.seawall_conf(1002, 1003, 2000, access_log=False, workdir=d, slow_port=3000)
+        for text in (n, h, s):
+            self.assertIn("127.0.0.1:3000", text)
+        self.assertIn(f"location {harness.HERD_PREFIX} ", n)
+        self.assertIn("proxy_cache_lock on", n)
+        self.assertIn("use_backend be_herd", h)
+        self.assertIn("cache-use hot", h)
+        self.assertIn('path: "/herd/{key}"', s)
+        self.assertIn("vary: [path.key]", s)
+
+    def test_herd_counts_what_reaches_the_backend_and_every_answer(self):
+        slow = harness.SlowBackend()
+        slow.start()
+        try:
+            # Straight at the backend: nothing coalesces, so every request is a query.
+            peer = harness.Peer("direct", slow.port, [], "/tmp", "/dev/null")
+            result = harness.thundering_herd(peer, slow, "k", size=20)
+        finally:
+            slow.stop()
+        self.assertEqual(result["backend_queries"], 20)
+        self.assertEqual(result["codes"], {"200": 20})
+        self.assertEqual(result["errors"], 0)
+        self.assertGreaterEqual(result["seconds"], harness.HERD_DELAY_SECS)
+        table = harness.herd_table({"direct": [result]})
+        self.assertIn("| direct | 20 | 20 | 20× 200 |", table)
+
+    def test_status_line(self):
+        self.assertEqual(harness.parse_status_line(b"HTTP/1.1 504 Gateway Timeout\r\n"), 504)
+        with self.assertRaises(ValueError):
+            harness.parse_status_line(b"garbage")
+
     def test_seawall_config_validates(self):
         binary = os.environ.get("SEAWALL_BIN")
         if not binary:
@@ -199,7 +234,8 @@ class ConfigTest(unittest.TestCase):
             harness.make_tls_material(d)
             path = os.path.join(d, "seawall.yaml")
             with open(path, "w") as f:
-                f.write(harness.seawall_conf(18001, 18002, 18003, access_log=True, workdir=d, tls_ports=(18007, 18008)))
+                f.write(harness.seawall_conf(18001, 18002, 18003, access_log=True, workdir=d, tls_ports=(18007, 18008),
+                                             slow_port=18013))
             out = subprocess.run([binary, "validate", "-c", path], capture_output=True, text=True)
         self.assertEqual(out.returncode, 0, out.stderr)
 
@@ -211,7 +247,7 @@ class ConfigTest(unittest.TestCase):
             harness.make_tls_material(d)
             for name, text in [("b.conf", harness.backend_nginx_conf(18004, d)),
                                ("p.conf", harness.nginx_conf(18005, 18004, d, access_log=True,
-                                                             tls_ports=(18009, 18010)))]:
+                                                             tls_ports=(18009, 18010), slow_port=18013))]:
                 path = os.path.join(d, name)
                 with open(path, "w") as f:
                     f.write(text)
@@ -228,7 +264,8 @@ class ConfigTest(unittest.TestCase):
             harness.make_tls_material(d)
             path = os.path.join(d, "h.cfg")
             with open(path, "w") as f:
-                f.write(harness.haproxy_conf(18006, 18004, d, access_log=True, tls_ports=(18011, 18012)))
+                f.write(harness.haproxy_conf(18006, 18004, d, access_log=True, tls_ports=(18011, 18012),
+                                             slow_port=18013))
             out = subprocess.run([haproxy, "-c", "-f", path], capture_output=True, text=True)
         self.assertEqual(out.returncode, 0, out.stdout + out.stderr)
 
