@@ -53,11 +53,10 @@ impl AdminApp {
     /// `DELETE /cache/{route}`: every entry of the route; with a query, the one entry it names.
     fn purge(&self, route_id: &str, query: &str, id: &HeaderValue) -> Response<Vec<u8>> {
         let config = &self.gateway.config;
-        let found = config.routes.iter().enumerate().find(|(_, r)| r.id == route_id);
-        let (Some(cache), Some((index, route))) = (&self.gateway.cache, found) else {
+        let Some((index, route)) = config.routes.iter().enumerate().find(|(_, r)| r.id == route_id) else {
             return problem(Problem::RouteNotFound, id);
         };
-        let Some(cache_config) = &route.cache else {
+        let (Some(cache), Some(cache_config)) = (&self.gateway.cache, &route.cache) else {
             return problem(Problem::BadRequest { reason: format!("route `{route_id}` has no cache") }, id);
         };
         let purged = if query.is_empty() {

@@ -2,12 +2,17 @@
 //! actions first) and fragile internal systems.
 //!
 //! The request path, in Pingora's phase order (`proxy.rs` orchestrates, modules decide):
-//! 1. `request_filter`: [`request_id`], [`routing`] (404/405), body size (413), route deadline.
-//! 2. `upstream_peer`: [`upstream`] picks a target; timeouts capped by the deadline.
-//! 3. `upstream_request_filter` / `request_body_filter`: rewrite, forwarding headers, body bound.
-//! 4. response filters: deadline re-checked, hop-by-hop headers dropped, `X-Request-Id` added.
-//! 5. `fail_to_proxy`: every failure becomes one [`problem::Problem`] answer (problem+json).
-//! 6. `logging`: [`metrics`] and the access log.
+//! 1. `request_filter`: [`request_id`], [`routing`] (404/405), [`auth`] (403/401), body size
+//!    (413), route deadline, per-caller usage plans ([`throttle`]).
+//! 2. cache phases: [`cache`] lookup after auth; a miss goes on, a herd waits for one fill.
+//! 3. `proxy_upstream_filter`: the backend's guards: route usage plan, breaker, bulkhead.
+//! 4. `upstream_peer`: [`upstream`] picks a target; timeouts capped by the deadline.
+//! 5. `upstream_request_filter` / `request_body_filter`: rewrite, forwarding headers, body bound.
+//! 6. response filters: deadline re-checked, hop-by-hop headers dropped, what is stored decided,
+//!    `X-Request-Id` and `Cache-Status` added.
+//! 7. `fail_to_proxy`: every failure becomes one [`problem::Problem`] answer (problem+json), or a
+//!    stale entry where the route allows it.
+//! 8. `logging`: [`metrics`] and the access log.
 //!
 //! [`build`] turns a validated [`config::Config`] into a Pingora [`Server`]; the binary and the
 //! integration tests both use it.

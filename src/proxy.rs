@@ -2,14 +2,22 @@
 //!
 //! Phase map (see pingora-proxy/src/proxy_trait.rs for each phase's contract):
 //! - `request_filter`: request id, route match (404/405/400), deadline, client IP and allowlist
-//!   (403), bearer token (401) and scopes (403), declared body size (413).
+//!   (403), bearer token (401) and scopes (403), declared body size (413), `client` and `ip`
+//!   usage plans (429).
+//! - `request_cache_filter` / `cache_key_callback`: GET and HEAD on a cached route use the cache,
+//!   keyed after auth (route, method, `vary` parts, principal).
+//! - `proxy_upstream_filter`: after a miss (at once on uncached routes), what guards the
+//!   backend: the deadline (504), the `route` usage plan (429), breaker and bulkhead (503, or a
+//!   stale entry).
+//! - `response_cache_filter` / `should_serve_stale`: what is stored; stale entries for
+//!   revalidation and backend failures.
 //! - `upstream_peer`: next target; every timeout capped by what is left of the deadline.
 //! - `fail_to_connect` / `error_while_proxy`: retry only idempotent requests, inside the deadline.
 //! - `upstream_request_filter`: path rewrite, `Host`, `X-Forwarded-*`, `X-Request-Id`.
 //! - `request_body_filter`: streamed body bounded by `max_body_bytes` (413).
 //! - `upstream_response_filter` / `upstream_response_body_filter`: deadline re-checked; response
 //!   hop-by-hop headers dropped.
-//! - `response_filter`: `X-Request-Id` on proxied answers.
+//! - `response_filter`: `X-Request-Id` on proxied and cached answers, `Cache-Status`.
 //! - `fail_to_proxy`: the error, classified by its *source*, becomes one [`Problem`] answer.
 //! - `logging`: metrics and the access-log line.
 

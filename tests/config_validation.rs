@@ -359,53 +359,41 @@ routes:
 
 #[test]
 fn cache_settings_are_checked_with_their_paths() {
-    let errors = errors_of(
-        r#"
-listeners: [{ name: public, address: 127.0.0.1:8080 }]
-admin: { address: 127.0.0.1:9090 }
-cache_storage: { max_bytes: 1024, max_object_bytes: 99999999 }
-upstreams: { crm: { targets: ["127.0.0.1:9"] } }
+    // One route with every mistake; parsed (an unknown key) or validated (the rest).
+    let route = |extra: &str| {
+        format!(
+            r#"
+listeners: [{{ name: public, address: 127.0.0.1:8080 }}]
+admin: {{ address: 127.0.0.1:9090 }}
+upstreams: {{ crm: {{ targets: ["127.0.0.1:9"] }} }}
 routes:
   - id: a
-    match: { method: POST, path: "/a/{id}" }
-    upstream: crm
-    timeout_ms: 100
-    cache:
-      ttl_secs: 0
-      origin_cache_control: sometimes
-      vary: [path.nope, query., header.authorization, header.x-a, header.X-A, claim.tenant, cookie.x]
-      stale_if_error_secs: 99999999999
-      unknown: 1
-  - id: b
-    match: { method: GET, path: "/b" }
-    upstream: crm
-    timeout_ms: 100
-    cache: { ttl_secs: 0, origin_cache_control: ignore }
-"#,
-    );
-    assert_error(&errors, "cache_storage.max_bytes", &["1024", "too small"]);
-    assert_error(&errors, "cache_storage.max_object_bytes", &["99999999", "8 MiB"]);
-    assert_error(&errors, "routes[0].cache.unknown", &["unknown field `unknown`"]);
-    assert_error(&errors, "routes[1].cache.ttl_secs", &["ignore", "store nothing"]);
-    assert_eq!(errors.len(), 4, "reported:\n{}", render(&errors));
-
-    let errors = errors_of(
-        r#"
-listeners: [{ name: public, address: 127.0.0.1:8080 }]
-admin: { address: 127.0.0.1:9090 }
-upstreams: { crm: { targets: ["127.0.0.1:9"] } }
-routes:
-  - id: a
-    match: { method: POST, path: "/a/{id}" }
+    match: {{ method: POST, path: "/a/{{id}}" }}
     upstream: crm
     timeout_ms: 100
     cache:
       ttl_secs: 60
       origin_cache_control: sometimes
       vary: [path.nope, query., header.authorization, header.x-a, header.X-A, claim.tenant, cookie.x]
-      stale_if_error_secs: 99999999999
+      stale_if_error_secs: 99999999999{extra}
+"#
+        )
+    };
+    let errors = errors_of(&format!(
+        r#"{}
+  - {{ id: b, match: {{ method: GET, path: "/b" }}, upstream: crm, timeout_ms: 100,
+      cache: {{ ttl_secs: 0, origin_cache_control: ignore }} }}
+cache_storage: {{ max_bytes: 1024, max_object_bytes: 99999999 }}
 "#,
-    );
+        route("\n      unknown: 1").trim_end()
+    ));
+    assert_error(&errors, "cache_storage.max_bytes", &["1024", "too small"]);
+    assert_error(&errors, "cache_storage.max_object_bytes", &["99999999", "8 MiB"]);
+    assert_error(&errors, "routes[0].cache.unknown", &["unknown field `unknown`"]);
+    assert_error(&errors, "routes[1].cache.ttl_secs", &["ignore", "store nothing"]);
+    assert_eq!(errors.len(), 4, "reported:\n{}", render(&errors));
+
+    let errors = errors_of(&route(""));
     assert_error(&errors, "routes[0].cache", &["GET and HEAD", "neither"]);
     assert_error(&errors, "routes[0].cache.origin_cache_control", &["`sometimes`", "honor, ignore"]);
     assert_error(&errors, "routes[0].cache.vary[0]", &["`nope`", "known: id"]);
