@@ -95,6 +95,10 @@ pub struct RequestCtx {
     upstream_pass: Option<UpstreamPass>,
     /// The route's cache was turned on for this request (GET/HEAD on a cached route).
     cache_enabled: bool,
+    /// The request's cache key, made once after auth (`request_filter`).
+    cache_key: Option<CacheKey>,
+    /// Answered from a fresh entry in `request_filter`, without Pingora's cache phases.
+    fresh_hit: bool,
     /// A stale entry is being served because the backend failed (`stale_if_error_secs`).
     stale_because_of_error: bool,
     /// Set by the phase that refuses the request; `fail_to_proxy` answers with it.
@@ -303,6 +307,56 @@ impl SeawallProxy {
         Err(Problem::ClientCertRejected { reason })
     }
 
+    /// The request's cache key, for a route with a cache (after auth: it may hold the principal).
+    fn cache_key(&self, session: &Session, ctx: &RequestCtx) -> Option<CacheKey> {
+        let route = &self.gateway.config.routes[ctx.route?];
+        let config = route.cache.as_ref()?;
+        let has_token = route.auth.as_ref().is_some_and(|a| a.provider.is_some());
+        let by_principal = cache::key::keyed_by_principal(config, has_token);
+        Some(cache::key::request_key(
+            &route.id,
+            config,
+            by_principal,
+            session.req_header(),
+            &ctx.params,
+            ctx.principal.as_deref(),
+        ))
+    }
+
+    /// Answers a plain GET from a fresh entry, if there is one; `false`: carry on (Pingora's
+    /// cache phases then handle misses, waits, stale entries, ranges and conditionals).
+    async fn answer_fresh_hit(&self, session: &mut Session, ctx: &mut RequestCtx, route: &RouteConfig) -> bool {
+        let (Some(cache), Some(_)) = (&self.gateway.cache, &route.cache) else {
+            return false;
+        };
+        if session.req_header().method != http::Method::GET || ctx.refresh {
+            return false;
+        }
+        ctx.cache_key = self.cache_key(session, ctx);
+        let Some((mut header, body)) =
+            ctx.cache_key.as_ref().and_then(|key| cache::fresh_answer(cache, session.req_header(), key))
+        else {
+            return false;
+        };
+        ctx.fresh_hit = true;
+        ctx.status = header.status.as_u16();
+        if !ctx.body_complete {
+            // An unread request body must not be taken for the next request.
+            session.set_keepalive(None);
+        }
+        if header.insert_header("x-request-id", ctx.request_id.clone()).is_err() {
+            return false;
+        }
+        let written = match session.write_response_header(Box::new(header), false).await {
+            Ok(()) => session.write_response_body(Some(body), true).await,
+            Err(e) => Err(e),
+        };
+        if written.is_err() {
+            ctx.status = 499;
+        }
+        true
+    }
+
     /// Route match and every check that needs no I/O, cheapest refusal first: path, route,
     /// caller address, declared body size. Runs in `request_filter`, before any upstream work.
     fn admit(&self, session: &Session, ctx: &mut RequestCtx) -> Result<&RouteConfig, Problem> {
@@ -378,6 +432,8 @@ impl ProxyHttp for SeawallProxy {
             upstream_inflight: None,
             upstream_pass: None,
             cache_enabled: false,
+            cache_key: None,
+            fresh_hit: false,
             stale_because_of_error: false,
             problem: None,
             status: 0,
@@ -418,12 +474,15 @@ impl ProxyHttp for SeawallProxy {
         };
         match admitted {
             Ok(route) => {
-                if route.retries > 0 {
-                    session.enable_retry_buffering();
-                }
                 // A caller that stops reading must not hold the upstream's bulkhead slot (or a
                 // circuit probe) for good: no single write may wait longer than the deadline.
                 session.set_write_timeout(Some(route.timeout.max(MIN_WRITE_TIMEOUT)));
+                if self.answer_fresh_hit(session, ctx, route).await {
+                    return Ok(true);
+                }
+                if route.retries > 0 {
+                    session.enable_retry_buffering();
+                }
                 Ok(false)
             }
             Err(problem) => {
@@ -452,20 +511,10 @@ impl ProxyHttp for SeawallProxy {
     }
 
     fn cache_key_callback(&self, session: &Session, ctx: &mut RequestCtx) -> Result<CacheKey> {
-        let route = ctx.route.map(|r| &self.gateway.config.routes[r]);
-        let Some((route, config)) = route.and_then(|r| Some((r, r.cache.as_ref()?))) else {
-            return Error::e_explain(ErrorType::InternalError, "cache key asked for a route without a cache");
-        };
-        let has_token = route.auth.as_ref().is_some_and(|a| a.provider.is_some());
-        let by_principal = cache::key::keyed_by_principal(config, has_token);
-        Ok(cache::key::request_key(
-            &route.id,
-            config,
-            by_principal,
-            session.req_header(),
-            &ctx.params,
-            ctx.principal.as_deref(),
-        ))
+        match ctx.cache_key.take().or_else(|| self.cache_key(session, ctx)) {
+            Some(key) => Ok(key),
+            None => Error::e_explain(ErrorType::InternalError, "cache key asked for a route without a cache"),
+        }
     }
 
     async fn proxy_upstream_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
@@ -746,8 +795,12 @@ impl ProxyHttp for SeawallProxy {
             metrics.observe_issuer(ctx.status, seconds);
         } else if !ctx.refresh {
             metrics.observe_request(ctx.route, ctx.status, seconds);
-            if let (true, Some(route)) = (ctx.cache_enabled, ctx.route) {
-                metrics.cache_lookup(route, CacheResult::of(&session.cache));
+            if let Some(route) = ctx.route {
+                if ctx.fresh_hit {
+                    metrics.cache_lookup(route, CacheResult::Hit);
+                } else if ctx.cache_enabled {
+                    metrics.cache_lookup(route, CacheResult::of(&session.cache));
+                }
             }
         }
 
@@ -773,10 +826,11 @@ impl ProxyHttp for SeawallProxy {
         ctx.upstream_inflight = None;
 
         if self.gateway.access_log {
-            let cache = match (ctx.refresh, ctx.cache_enabled) {
-                (true, _) => "refresh",
-                (false, true) => CacheResult::of(&session.cache).label(),
-                (false, false) => "",
+            let cache = match (ctx.refresh, ctx.fresh_hit, ctx.cache_enabled) {
+                (true, _, _) => "refresh",
+                (false, true, _) => CacheResult::Hit.label(),
+                (false, false, true) => CacheResult::of(&session.cache).label(),
+                (false, false, false) => "",
             };
             let req = session.req_header();
             tracing::info!(

@@ -496,3 +496,41 @@ routes:
     assert_eq!((status, problem_code(&body).as_str()), (429, "rate_limited"));
     assert_eq!(count.load(Ordering::SeqCst), 2);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn hits_carry_age_and_honour_ranges_and_conditional_requests() {
+    let backend = Backend::start(|_| {
+        Box::pin(async {
+            let mut response = json(200, "{\"balance\":12345}");
+            response.headers_mut().insert("etag", "\"v1\"".parse().unwrap());
+            response
+        })
+    })
+    .await;
+    let gw = start(
+        r#"
+routes:
+  - { id: balance, match: { method: GET, path: "/balance" }, upstream: crm, timeout_ms: 2000, cache: { ttl_secs: 60 } }
+"#,
+        &backend,
+    );
+    let client = reqwest::Client::new();
+    get(&client, &gw.url("/balance")).await;
+    gw.gateway.clock.advance(Duration::from_secs(7));
+    let hit = client.get(gw.url("/balance")).header("x-request-id", "hit-1").send().await.unwrap();
+    let header = |name: &str| hit.headers()[name].to_str().unwrap().to_string();
+    assert_eq!(header("age"), "7");
+    assert_eq!(header("cache-status"), "seawall; hit; ttl=52");
+    assert_eq!(header("content-length"), "17");
+    assert_eq!(header("x-request-id"), "hit-1");
+    assert_eq!(hit.text().await.unwrap(), "{\"balance\":12345}");
+
+    let partial = client.get(gw.url("/balance")).header("range", "bytes=0-3").send().await.unwrap();
+    assert_eq!(partial.status(), 206);
+    assert!(partial.headers()["cache-status"].to_str().unwrap().starts_with("seawall; hit"));
+    assert_eq!(partial.text().await.unwrap(), "{\"ba");
+
+    let unchanged = client.get(gw.url("/balance")).header("if-none-match", "\"v1\"").send().await.unwrap();
+    assert_eq!(unchanged.status(), 304);
+    assert_eq!(backend.received().len(), 1, "every answer after the first came from the cache");
+}

@@ -126,6 +126,36 @@ impl ResponseCache {
     }
 }
 
+/// A fresh entry answered straight from the store, before Pingora's cache phases (which cost
+/// a fifth of a hit's CPU: lock bookkeeping, a second header copy, range and conditional
+/// filters). Only for plain GETs: a `Range` or conditional request, HEAD, and anything not
+/// fresh go the whole way.
+pub fn fresh_answer(
+    cache: &ResponseCache,
+    request: &pingora_http::RequestHeader,
+    key: &CacheKey,
+) -> Option<(ResponseHeader, bytes::Bytes)> {
+    use http::header::{IF_MODIFIED_SINCE, IF_NONE_MATCH, RANGE};
+    if request.method != http::Method::GET
+        || [RANGE, IF_NONE_MATCH, IF_MODIFIED_SINCE].iter().any(|h| request.headers.contains_key(h))
+    {
+        return None;
+    }
+    let fresh = cache.store.fresh(key)?;
+    let body = fresh.body();
+    let mut header = fresh.header().clone();
+    header.set_version(http::Version::HTTP_11);
+    // The body is whole: its length, never the origin's chunking.
+    header.remove_header(&http::header::TRANSFER_ENCODING);
+    if !matches!(header.status.as_u16(), 204 | 304) {
+        header.insert_header(http::header::CONTENT_LENGTH, body.len()).ok()?;
+    }
+    // RFC 9111 section 4: a stored answer used without validation carries `Age`.
+    header.insert_header(http::header::AGE, fresh.age_secs).ok()?;
+    header.insert_header("cache-status", format!("seawall; hit; ttl={}", fresh.ttl_secs)).ok()?;
+    Some((header, body))
+}
+
 /// Pingora's cache lock, except that a writer whose backend failed hands the lock to the next
 /// waiter (`TransientError`) rather than releasing every waiter to the backend (`GiveUp`).
 struct SingleFlight(CacheLock);

@@ -53,6 +53,23 @@ struct Entry {
     bytes: usize,
 }
 
+/// A fresh entry, for answering without Pingora's cache machinery (see `cache::fresh_answer`).
+pub struct FreshEntry {
+    entry: Arc<Entry>,
+    pub age_secs: u64,
+    pub ttl_secs: u64,
+}
+
+impl FreshEntry {
+    pub fn header(&self) -> &ResponseHeader {
+        &self.entry.header
+    }
+
+    pub fn body(&self) -> Bytes {
+        self.entry.body.clone()
+    }
+}
+
 /// Per route: the keys it has stored (for whole-route purge) and its purge generation.
 #[derive(Default)]
 struct RouteIndex {
@@ -170,6 +187,14 @@ impl CacheStore {
         let entry = self.entries.get(&key)?;
         let current = self.routes[entry.route].generation.load(Ordering::Relaxed);
         (entry.key == key && entry.generation == current).then_some(entry)
+    }
+
+    /// A fresh entry under this key: its header, body and seconds of freshness and of age.
+    pub fn fresh(&self, key: &CacheKey) -> Option<FreshEntry> {
+        let entry = self.get(key_hash(key))?;
+        let now = self.clock.elapsed();
+        let left = entry.fresh_until.checked_sub(now).filter(|left| !left.is_zero())?;
+        Some(FreshEntry { age_secs: now.saturating_sub(entry.created).as_secs(), ttl_secs: left.as_secs(), entry })
     }
 
     /// A gateway-clock time as a `SystemTime` now.
