@@ -566,16 +566,21 @@ impl ProxyHttp for SeawallProxy {
         let Some(error) = error else {
             return true;
         };
-        let backend_failed = match &ctx.problem {
-            Some(problem) => matches!(
-                problem,
+        if ctx.problem.is_none() {
+            // The failure behind the stale answer, for the access log and the upstream's
+            // outcome (a timeout counts as one): `fail_to_proxy` will not run.
+            let deadline_passed = ctx.deadline.is_some_and(|d| d.expired(Instant::now()));
+            ctx.problem = Problem::from_proxy_error(error, ctx.body_complete, deadline_passed);
+        }
+        let backend_failed = matches!(
+            ctx.problem,
+            Some(
                 Problem::UpstreamTimeout
                     | Problem::UpstreamUnavailable { .. }
                     | Problem::CircuitOpen { .. }
                     | Problem::BackendOverloaded
-            ),
-            None => error.esource() == &ErrorSource::Upstream,
-        };
+            )
+        ) || (ctx.problem.is_none() && error.esource() == &ErrorSource::Upstream);
         ctx.stale_because_of_error |= backend_failed;
         backend_failed
     }

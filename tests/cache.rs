@@ -534,3 +534,38 @@ routes:
     assert_eq!(unchanged.status(), 304);
     assert_eq!(backend.received().len(), 1, "every answer after the first came from the cache");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_backend_past_the_deadline_is_covered_by_a_stale_entry() {
+    let slow = Arc::new(AtomicBool::new(false));
+    let s = slow.clone();
+    let backend = Backend::start(move |_| {
+        let hang = s.load(Ordering::SeqCst);
+        Box::pin(async move {
+            if hang {
+                tokio::time::sleep(Duration::from_secs(5)).await;
+            }
+            json(200, "{\"balance\":10}")
+        })
+    })
+    .await;
+    let gw = start(
+        r#"
+routes:
+  - { id: balance, match: { method: GET, path: "/balance" }, upstream: crm, timeout_ms: 300,
+      cache: { ttl_secs: 10, stale_if_error_secs: 60 } }
+"#,
+        &backend,
+    );
+    let client = reqwest::Client::new();
+    get(&client, &gw.url("/balance")).await;
+    slow.store(true, Ordering::SeqCst);
+    gw.gateway.clock.advance(Duration::from_secs(11));
+    let started = std::time::Instant::now();
+    let (status, cache_status, body) = get(&client, &gw.url("/balance")).await;
+    assert_eq!((status, body.as_str()), (200, "{\"balance\":10}"));
+    assert!(cache_status.ends_with("detail=stale-if-error"), "{cache_status}");
+    assert!(started.elapsed() < Duration::from_secs(2), "the stale answer waited for the backend");
+    let metrics = gw.metrics().await;
+    assert_eq!(metric(&metrics, r#"seawall_upstream_requests_total{outcome="timeout",upstream="crm"}"#), 1);
+}
