@@ -1,5 +1,6 @@
-//! The admin listener: `/metrics`, `/healthz`, `/readyz` and `DELETE /cache/{route}` (purge). Served by its own Pingora service on
-//! `admin.address`, never on a public listener (validation refuses sharing an address).
+//! The admin listener: `/metrics`, `/healthz`, `/readyz` and `DELETE /cache/{route}` (purge).
+//! Served by its own Pingora service on `admin.address`, never on a public listener (validation
+//! refuses sharing an address).
 
 use std::sync::Arc;
 
