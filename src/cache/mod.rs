@@ -112,7 +112,8 @@ impl ResponseCache {
         longest_deadline: Duration,
     ) -> ResponseCache {
         let store = Box::leak(Box::new(CacheStore::new(storage.max_bytes, route_ids, clock)));
-        let lock = Box::leak(Box::new(SingleFlight(CacheLock::new(longest_deadline + Duration::from_secs(1)))));
+        let lock = CacheLock::new(longest_deadline + Duration::from_secs(1));
+        let lock = Box::leak(Box::new(SingleFlight { lock, store }));
         ResponseCache { store, lock, max_object_bytes: storage.max_object_bytes as usize }
     }
 
@@ -156,17 +157,34 @@ pub fn fresh_answer(
     Some((header, body))
 }
 
-/// Pingora's cache lock, except that a writer whose backend failed hands the lock to the next
-/// waiter (`TransientError`) rather than releasing every waiter to the backend (`GiveUp`).
-struct SingleFlight(CacheLock);
+/// Pingora's cache lock, with two changes that keep a herd to one backend request:
+/// - a writer whose backend failed hands the lock to the next waiter (`TransientError`) rather
+///   than releasing every waiter to the backend (`GiveUp`);
+/// - Pingora looks a key up, then locks it on a miss: a fill that completes in between would
+///   make this request a second writer. It is told to look again instead.
+struct SingleFlight {
+    lock: CacheLock,
+    store: &'static CacheStore,
+}
 
 impl CacheKeyLock for SingleFlight {
     fn lock(&self, key: &CacheKey, stale_writer: bool) -> Locked {
-        self.0.lock(key, stale_writer)
+        match self.lock.lock(key, stale_writer) {
+            Locked::Write(permit) if !stale_writer && self.store.contains(key) => {
+                // Filled since this request's lookup: release at once (waking anyone who joined)
+                // and wait on a lock that is already done, which means "look up again".
+                self.lock.release(key, permit, LockStatus::Done);
+                let (mut done, stub) = WritePermit::new(Duration::ZERO, false, http::Extensions::new());
+                let reader = stub.read_lock();
+                done.unlock(LockStatus::Done);
+                Locked::Read(reader)
+            }
+            locked => locked,
+        }
     }
 
     fn release(&self, key: &CacheKey, permit: WritePermit, reason: LockStatus) {
-        self.0.release(key, permit, reason)
+        self.lock.release(key, permit, reason)
     }
 
     fn custom_lock_status(&self, reason: &'static str) -> LockStatus {
@@ -271,6 +289,35 @@ mod tests {
             RespCacheable::Cacheable(meta) => Some(meta.fresh_sec()),
             RespCacheable::Uncacheable(_) => None,
         }
+    }
+
+    #[tokio::test]
+    async fn a_request_that_missed_just_before_a_fill_looks_again_instead_of_writing() {
+        use pingora_cache::storage::Storage;
+        let storage = CacheStorageConfig { max_bytes: 1 << 20, max_object_bytes: 1 << 16 };
+        let cache = ResponseCache::new(&storage, &["r"], Clock::default(), Duration::from_secs(2));
+        let key = key::compose("r", &http::Method::GET, [Some(&b"42"[..])], None);
+        // Nothing stored: the first request to miss becomes the writer, the next one waits.
+        let Locked::Write(permit) = cache.lock.lock(&key, false) else { panic!("the first miss must write") };
+        assert!(matches!(cache.lock.lock(&key, false), Locked::Read(_)));
+        cache.lock.release(&key, permit, LockStatus::Done);
+
+        // The fill completes between a request's lookup and its lock: it must not write again.
+        let span = pingora_cache::trace::Span::inactive().handle();
+        let meta = match cacheability(&config(true), &response(200, &[])) {
+            RespCacheable::Cacheable(meta) => meta,
+            RespCacheable::Uncacheable(r) => panic!("{r:?}"),
+        };
+        let mut fill = cache.store.get_miss_handler(&key, &meta, &span).await.unwrap();
+        fill.write_body(bytes::Bytes::from_static(b"{}"), true).await.unwrap();
+        fill.finish().await.unwrap();
+        match cache.lock.lock(&key, false) {
+            Locked::Read(reader) => assert_eq!(reader.lock_status(), LockStatus::Done),
+            Locked::Write(_) => panic!("a second writer for a stored key"),
+        }
+        // A revalidation of a stale entry still gets to write.
+        let Locked::Write(permit) = cache.lock.lock(&key, true) else { panic!("a revalidation must write") };
+        cache.lock.release(&key, permit, LockStatus::Done);
     }
 
     #[test]

@@ -189,6 +189,11 @@ impl CacheStore {
         (entry.key == key && entry.generation == current).then_some(entry)
     }
 
+    /// Whether a live entry (fresh or not) is stored under this key.
+    pub fn contains(&self, key: &CacheKey) -> bool {
+        self.get(key_hash(key)).is_some()
+    }
+
     /// A fresh entry under this key: its header, body and seconds of freshness and of age.
     pub fn fresh(&self, key: &CacheKey) -> Option<FreshEntry> {
         let entry = self.get(key_hash(key))?;
