@@ -569,3 +569,35 @@ routes:
     let metrics = gw.metrics().await;
     assert_eq!(metric(&metrics, r#"seawall_upstream_requests_total{outcome="timeout",upstream="crm"}"#), 1);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_full_bulkhead_is_covered_by_a_stale_entry() {
+    let (backend, count) = counting(Duration::from_millis(1500)).await;
+    let gw = start_with_upstreams(
+        r#"
+upstreams: { crm: { targets: ["${BACKEND}"], max_inflight: 1 } }
+routes:
+  - { id: balance, match: { method: GET, path: "/balance" }, upstream: crm, timeout_ms: 3000,
+      cache: { ttl_secs: 10, stale_if_error_secs: 60 } }
+  - { id: slow, match: { method: GET, path: "/slow" }, upstream: crm, timeout_ms: 3000 }
+"#,
+        &backend,
+    );
+    let client = reqwest::Client::new();
+    get(&client, &gw.url("/balance")).await;
+    gw.gateway.clock.advance(Duration::from_secs(11));
+    // One slow call holds the upstream's only slot.
+    let holder = {
+        let (client, url) = (client.clone(), gw.url("/slow"));
+        tokio::spawn(async move { get(&client, &url).await })
+    };
+    while backend.started() < 2 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let (status, cache_status, body) = get(&client, &gw.url("/balance")).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("\"answer\":1"), "{body}");
+    assert!(cache_status.ends_with("detail=stale-if-error"), "{cache_status}");
+    assert_eq!(holder.await.unwrap().0, 200);
+    assert_eq!(count.load(Ordering::SeqCst), 2, "the stale answer reached the backend");
+}
