@@ -63,9 +63,7 @@ impl AdminApp {
         let purged = if query.is_empty() {
             cache.store.purge_route(index)
         } else {
-            let has_token = route.auth.as_ref().is_some_and(|a| a.provider.is_some());
-            let by_principal = crate::cache::key::keyed_by_principal(cache_config, has_token);
-            match crate::cache::key::purge_keys(route_id, cache_config, by_principal, query) {
+            match crate::cache::key::purge_keys(route_id, cache_config, query) {
                 Ok(keys) => keys.iter().filter(|k| cache.store.purge_key(k)).count(),
                 Err(reason) => return problem(Problem::BadRequest { reason }, id),
             }

@@ -311,16 +311,7 @@ impl SeawallProxy {
     fn cache_key(&self, session: &Session, ctx: &RequestCtx) -> Option<CacheKey> {
         let route = &self.gateway.config.routes[ctx.route?];
         let config = route.cache.as_ref()?;
-        let has_token = route.auth.as_ref().is_some_and(|a| a.provider.is_some());
-        let by_principal = cache::key::keyed_by_principal(config, has_token);
-        Some(cache::key::request_key(
-            &route.id,
-            config,
-            by_principal,
-            session.req_header(),
-            &ctx.params,
-            ctx.principal.as_deref(),
-        ))
+        Some(cache::key::request_key(&route.id, config, session.req_header(), &ctx.params, ctx.principal.as_deref()))
     }
 
     /// Answers a plain GET from a fresh entry, if there is one; `false`: carry on (Pingora's

@@ -16,6 +16,40 @@ use crate::routing::PathParams;
 /// The principal's part of a key: issuer and client id.
 pub type PrincipalKey<'a> = (&'a str, &'a str);
 
+/// A key being written: each part with a presence byte and its length.
+struct KeyParts(Vec<u8>);
+
+impl KeyParts {
+    fn new(route_id: &str, method: &Method) -> KeyParts {
+        let mut parts = KeyParts(Vec::with_capacity(128));
+        parts.push(Some(route_id.as_bytes()));
+        parts.push(Some(method.as_str().as_bytes()));
+        parts
+    }
+
+    fn push(&mut self, value: Option<&[u8]>) {
+        match value {
+            None => self.0.push(0),
+            Some(bytes) => {
+                self.0.push(1);
+                self.0.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
+                self.0.extend_from_slice(bytes);
+            }
+        }
+    }
+
+    fn finish(mut self, route_id: &str, principal: Option<PrincipalKey<'_>>) -> CacheKey {
+        match principal {
+            Some((issuer, client)) => {
+                self.push(Some(issuer.as_bytes()));
+                self.push(Some(client.as_bytes()));
+            }
+            None => self.push(None),
+        }
+        CacheKey::new(self.0, route_id)
+    }
+}
+
 /// Builds a key from its parts, in the route's `vary` order.
 pub fn compose<'a>(
     route_id: &str,
@@ -23,94 +57,62 @@ pub fn compose<'a>(
     values: impl IntoIterator<Item = Option<&'a [u8]>>,
     principal: Option<PrincipalKey<'_>>,
 ) -> CacheKey {
-    let mut primary = Vec::with_capacity(128);
-    let mut part = |value: Option<&[u8]>| match value {
-        None => primary.push(0),
-        Some(bytes) => {
-            primary.push(1);
-            primary.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
-            primary.extend_from_slice(bytes);
-        }
-    };
-    part(Some(route_id.as_bytes()));
-    part(Some(method.as_str().as_bytes()));
+    let mut parts = KeyParts::new(route_id, method);
     for value in values {
-        part(value);
+        parts.push(value);
     }
-    match principal {
-        Some((issuer, client)) => {
-            part(Some(issuer.as_bytes()));
-            part(Some(client.as_bytes()));
-        }
-        None => part(None),
-    }
-    CacheKey::new(primary, route_id)
-}
-
-/// Whether the route's entries are per principal.
-pub fn keyed_by_principal(config: &RouteCacheConfig, has_token: bool) -> bool {
-    has_token && !config.shared
+    parts.finish(route_id, principal)
 }
 
 /// The key of a request on a cached route (after auth, so the principal is known).
 pub fn request_key(
     route_id: &str,
     config: &RouteCacheConfig,
-    by_principal: bool,
     request: &RequestHeader,
     params: &PathParams,
     principal: Option<&Principal>,
 ) -> CacheKey {
-    let query = request.uri.query().unwrap_or("");
-    let values: Vec<Option<Vec<u8>>> = config
-        .vary
-        .iter()
-        .map(|part| match part {
-            VaryPart::Path(name) => params.get(name).map(|v| v.as_bytes().to_vec()),
-            VaryPart::Query(name) => form_urlencoded::parse(query.as_bytes())
-                .find(|(key, _)| key == name)
-                .map(|(_, value)| value.into_owned().into_bytes()),
-            VaryPart::Header(name) => {
-                let mut all = request.headers.get_all(name).iter().peekable();
-                all.peek()?;
-                Some(all.map(|v| v.as_bytes()).collect::<Vec<_>>().join(&b"\n"[..]))
+    let mut parts = KeyParts::new(route_id, &request.method);
+    for part in &config.vary {
+        match part {
+            VaryPart::Path(name) => parts.push(params.get(name).map(str::as_bytes)),
+            VaryPart::Query(name) => {
+                let query = request.uri.query().unwrap_or("");
+                let value = form_urlencoded::parse(query.as_bytes()).find(|(key, _)| key == name).map(|(_, v)| v);
+                parts.push(value.as_deref().map(str::as_bytes));
             }
-            VaryPart::Claim(name) => principal.and_then(|p| p.claim(name)).map(|v| v.as_bytes().to_vec()),
-        })
-        .collect();
+            VaryPart::Header(name) => {
+                let values = request.headers.get_all(name);
+                if values.iter().nth(1).is_none() {
+                    parts.push(values.iter().next().map(|v| v.as_bytes()));
+                } else {
+                    // Sent more than once (rare): every value, in order, is the part.
+                    let joined = values.iter().map(|v| v.as_bytes()).collect::<Vec<_>>().join(&b"\n"[..]);
+                    parts.push(Some(&joined));
+                }
+            }
+            VaryPart::Claim(name) => parts.push(principal.and_then(|p| p.claim(name)).map(str::as_bytes)),
+        }
+    }
     let principal =
-        by_principal.then(|| principal.map(|p| (p.issuer.as_str(), p.client_id.as_deref().unwrap_or("")))).flatten();
-    compose(route_id, &request.method, values.iter().map(|v| v.as_deref()), principal)
+        principal.filter(|_| config.per_principal).map(|p| (p.issuer.as_str(), p.client_id.as_deref().unwrap_or("")));
+    parts.finish(route_id, principal)
 }
 
 /// The keys (GET and HEAD) of one entry named in an admin purge query:
 /// `path.accountId=42&principal=ISSUER+CLIENT` (the principal's issuer and client id joined by a
 /// space, which `+` spells in a query).
-pub fn purge_keys(
-    route_id: &str,
-    config: &RouteCacheConfig,
-    by_principal: bool,
-    query: &str,
-) -> Result<Vec<CacheKey>, String> {
+pub fn purge_keys(route_id: &str, config: &RouteCacheConfig, query: &str) -> Result<Vec<CacheKey>, String> {
     let pairs: Vec<(String, String)> = form_urlencoded::parse(query.as_bytes()).into_owned().collect();
-    let labels: Vec<String> = config.vary.iter().map(VaryPart::label).collect();
-    for (name, _) in &pairs {
-        let known = labels.contains(name) || (by_principal && name == "principal");
-        if !known {
-            let mut known = labels.clone();
-            if by_principal {
-                known.push("principal".into());
-            }
-            return Err(format!("`{name}` is not part of this route's cache key (known: {})", known.join(", ")));
-        }
+    let mut names: Vec<String> = config.vary.iter().map(VaryPart::label).collect();
+    if config.per_principal {
+        names.push("principal".into());
+    }
+    if let Some((unknown, _)) = pairs.iter().find(|(name, _)| !names.contains(name)) {
+        return Err(format!("`{unknown}` is not part of this route's cache key (known: {})", names.join(", ")));
     }
     let value = |name: &str| pairs.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str());
-    let missing: Vec<&str> = labels
-        .iter()
-        .map(String::as_str)
-        .chain(by_principal.then_some("principal"))
-        .filter(|name| value(name).is_none())
-        .collect();
+    let missing: Vec<&str> = names.iter().map(String::as_str).filter(|name| value(name).is_none()).collect();
     if !missing.is_empty() {
         return Err(format!("name every part of the key; missing: {}", missing.join(", ")));
     }
@@ -118,7 +120,7 @@ pub fn purge_keys(
         Some(p) => Some(p.split_once(' ').ok_or("`principal` is the issuer and the client id, joined by `+`")?),
         None => None,
     };
-    let values: Vec<&[u8]> = labels.iter().filter_map(|name| value(name)).map(str::as_bytes).collect();
+    let values: Vec<&[u8]> = config.vary.iter().filter_map(|part| value(&part.label())).map(str::as_bytes).collect();
     Ok([Method::GET, Method::HEAD]
         .iter()
         .map(|method| compose(route_id, method, values.iter().map(|v| Some(*v)), principal))
@@ -136,7 +138,7 @@ mod tests {
             ttl: Duration::from_secs(60),
             honor_origin: true,
             vary,
-            shared: false,
+            per_principal: false,
             stale_while_revalidate: Duration::ZERO,
             stale_if_error: Duration::ZERO,
             negative_ttl: Duration::ZERO,
@@ -172,15 +174,17 @@ mod tests {
         let c =
             config(vec![VaryPart::Query("lang".into()), VaryPart::Header(http::HeaderName::from_static("x-tenant"))]);
         let params = PathParams::default();
-        let key = |uri: &str, headers: &[(&str, &str)]| {
-            hash(&request_key("r", &c, false, &request(uri, headers), &params, None))
-        };
+        let key =
+            |uri: &str, headers: &[(&str, &str)]| hash(&request_key("r", &c, &request(uri, headers), &params, None));
         let base = key("/a?lang=en&x=1", &[("x-tenant", "t1"), ("user-agent", "a")]);
         assert_eq!(base, key("/a?x=2&lang=en", &[("x-tenant", "t1"), ("user-agent", "b")]));
         assert_eq!(base, key("/a?lang=%65n", &[("x-tenant", "t1")]), "query values are compared decoded");
         assert_ne!(base, key("/a?lang=fr", &[("x-tenant", "t1")]));
         assert_ne!(base, key("/a?lang=en", &[("x-tenant", "t2")]));
         assert_ne!(base, key("/a?lang=en", &[]));
+        let twice = key("/a?lang=en", &[("x-tenant", "t1"), ("x-tenant", "t2")]);
+        assert_ne!(base, twice, "every value of a repeated header is in the key");
+        assert_eq!(twice, key("/a?lang=en", &[("x-tenant", "t1"), ("x-tenant", "t2")]));
     }
 
     #[test]
@@ -197,14 +201,18 @@ mod tests {
         let (a, b) = (principal("a"), principal("b"));
         let req = request("/x", &[]);
         let params = PathParams::default();
-        let by = |p: &Principal, by_principal| hash(&request_key("r", &c, by_principal, &req, &params, Some(p)));
-        assert_ne!(by(&a, true), by(&b, true));
-        assert_eq!(by(&a, false), by(&b, false), "shared: one entry for every caller");
+        let mut c = c;
+        c.per_principal = true;
+        let by = |c: &RouteCacheConfig, p: &Principal| hash(&request_key("r", c, &req, &params, Some(p)));
+        assert_ne!(by(&c, &a), by(&c, &b));
+        c.per_principal = false;
+        assert_eq!(by(&c, &a), by(&c, &b), "shared: one entry for every caller");
     }
 
     #[test]
     fn a_purge_query_names_the_same_key_as_the_request() {
-        let c = config(vec![VaryPart::Query("id".into())]);
+        let mut c = config(vec![VaryPart::Query("id".into())]);
+        c.per_principal = true;
         let principal = Principal {
             issuer: "https://idp/x".into(),
             subject: None,
@@ -214,11 +222,12 @@ mod tests {
             claims: vec![],
         };
         let req = request("/a?id=42", &[]);
-        let from_request = hash(&request_key("r", &c, true, &req, &PathParams::default(), Some(&principal)));
-        let keys = purge_keys("r", &c, true, "query.id=42&principal=https%3A%2F%2Fidp%2Fx+genesys").unwrap();
+        let from_request = hash(&request_key("r", &c, &req, &PathParams::default(), Some(&principal)));
+        let keys = purge_keys("r", &c, "query.id=42&principal=https%3A%2F%2Fidp%2Fx+genesys").unwrap();
         assert_eq!(hash(&keys[0]), from_request);
-        assert!(purge_keys("r", &c, true, "query.id=42").unwrap_err().contains("missing: principal"));
-        assert!(purge_keys("r", &c, true, "path.id=1").unwrap_err().contains("not part of"));
-        assert!(purge_keys("r", &c, false, "query.id=42&principal=a+b").is_err());
+        assert!(purge_keys("r", &c, "query.id=42").unwrap_err().contains("missing: principal"));
+        assert!(purge_keys("r", &c, "path.id=1").unwrap_err().contains("not part of"));
+        c.per_principal = false;
+        assert!(purge_keys("r", &c, "query.id=42&principal=a+b").is_err());
     }
 }

@@ -269,7 +269,7 @@ mod tests {
             ttl: Duration::from_secs(60),
             honor_origin: honor,
             vary: vec![VaryPart::Header(http::HeaderName::from_static("accept-language"))],
-            shared: false,
+            per_principal: false,
             stale_while_revalidate: Duration::from_secs(5),
             stale_if_error: Duration::from_secs(300),
             negative_ttl: Duration::ZERO,

@@ -116,8 +116,9 @@ pub struct RouteCacheConfig {
     pub honor_origin: bool,
     /// What besides the route and method tells entries apart, in declaration order.
     pub vary: Vec<VaryPart>,
-    /// On a route with auth: one entry for every caller instead of one per principal.
-    pub shared: bool,
+    /// Entries are per principal (issuer + client): the route checks a token and is not
+    /// `shared: true`.
+    pub per_principal: bool,
     pub stale_while_revalidate: Duration,
     pub stale_if_error: Duration,
     /// Freshness of a 404 (zero: 404s are not stored).

@@ -297,7 +297,7 @@ fn route_cache(
         ttl,
         honor_origin,
         vary,
-        shared: c.shared,
+        per_principal: has_jwt && !c.shared,
         stale_while_revalidate,
         stale_if_error,
         negative_ttl,
