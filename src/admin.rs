@@ -35,15 +35,12 @@ fn text(status: StatusCode, content_type: &str, body: Vec<u8>, id: &HeaderValue)
 }
 
 fn problem(problem: Problem, id: &HeaderValue) -> Response<Vec<u8>> {
-    let (mut header, mut body) = problem.response(id);
     // The admin API is for operators: a refused purge says why (public answers never do).
-    if let Problem::BadRequest { reason } = &problem {
-        if let Ok(serde_json::Value::Object(mut fields)) = serde_json::from_slice::<serde_json::Value>(&body) {
-            fields.insert("detail".into(), reason.as_str().into());
-            body = serde_json::to_vec(&fields).unwrap_or_default().into();
-            let _ = header.insert_header("content-length", body.len().to_string());
-        }
-    }
+    let detail = match &problem {
+        Problem::BadRequest { reason } => Some(reason.as_str()),
+        _ => None,
+    };
+    let (header, body) = problem.response_with_detail(id, detail);
     let mut response = Response::new(body.to_vec());
     *response.status_mut() = header.status;
     *response.headers_mut() = header.headers.clone();

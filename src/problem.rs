@@ -90,10 +90,28 @@ impl Problem {
         self.entry().code
     }
 
+    /// The backend failed, or its breaker or bulkhead refused the call for its sake: what a
+    /// stale cache entry may answer instead.
+    pub fn is_backend_failure(&self) -> bool {
+        matches!(
+            self,
+            Problem::UpstreamTimeout
+                | Problem::UpstreamUnavailable { .. }
+                | Problem::CircuitOpen { .. }
+                | Problem::BackendOverloaded
+        )
+    }
+
     /// The problem+json answer: header (with `X-Request-Id`) and body.
     pub fn response(&self, request_id: &HeaderValue) -> (ResponseHeader, Bytes) {
+        self.response_with_detail(request_id, None)
+    }
+
+    /// The same with an RFC 9457 `detail`: for operators (the admin API) only, as public answers
+    /// never carry the reason.
+    pub fn response_with_detail(&self, request_id: &HeaderValue, detail: Option<&str>) -> (ResponseHeader, Bytes) {
         let entry = self.entry();
-        let body = serde_json::json!({
+        let mut body = serde_json::json!({
             "type": format!("urn:seawall:problem:{}", entry.code.replace('_', "-")),
             "title": entry.title,
             "status": entry.status,
@@ -101,6 +119,9 @@ impl Problem {
             "request_id": crate::request_id::as_str(request_id),
             "retryable": entry.retryable,
         });
+        if let Some(detail) = detail {
+            body["detail"] = detail.into();
+        }
         let body = Bytes::from(serde_json::to_vec(&body).unwrap_or_default());
         let mut header = ResponseHeader::build(entry.status, Some(6))
             .unwrap_or_else(|_| ResponseHeader::build(500, Some(6)).expect("500 is a valid status"));

@@ -524,9 +524,7 @@ impl ProxyHttp for SeawallProxy {
         let Err(problem) = refusal else {
             return Ok(true);
         };
-        let backend_side =
-            matches!(problem, Problem::UpstreamTimeout | Problem::CircuitOpen { .. } | Problem::BackendOverloaded);
-        if backend_side && session.cache.can_serve_stale_error() {
+        if problem.is_backend_failure() && session.cache.can_serve_stale_error() {
             // Answered from the stale entry by Pingora's error path (`upstream_peer` fails at
             // once), after which it drops the connection: the answer says so.
             session.set_keepalive(None);
@@ -563,15 +561,8 @@ impl ProxyHttp for SeawallProxy {
             let deadline_passed = ctx.deadline.is_some_and(|d| d.expired(Instant::now()));
             ctx.problem = Problem::from_proxy_error(error, ctx.body_complete, deadline_passed);
         }
-        let backend_failed = matches!(
-            ctx.problem,
-            Some(
-                Problem::UpstreamTimeout
-                    | Problem::UpstreamUnavailable { .. }
-                    | Problem::CircuitOpen { .. }
-                    | Problem::BackendOverloaded
-            )
-        ) || (ctx.problem.is_none() && error.esource() == &ErrorSource::Upstream);
+        // (No problem at all: the caller went away.)
+        let backend_failed = ctx.problem.as_ref().is_some_and(Problem::is_backend_failure);
         ctx.stale_because_of_error |= backend_failed;
         backend_failed
     }

@@ -45,12 +45,44 @@ struct Entry {
     generation: u64,
     header: ResponseHeader,
     body: Bytes,
-    /// On the gateway clock.
+    freshness: Freshness,
+    bytes: usize,
+}
+
+/// An entry's times, on the gateway clock, and its stale windows.
+#[derive(Clone, Copy)]
+struct Freshness {
     created: Duration,
     fresh_until: Duration,
     stale_while_revalidate_secs: u32,
     stale_if_error_secs: u32,
-    bytes: usize,
+}
+
+/// One moment on both clocks, to move times between Pingora's `SystemTime`s and the gateway's.
+struct Now {
+    system: SystemTime,
+    clock: Duration,
+}
+
+impl Now {
+    fn of(clock: &Clock) -> Now {
+        Now { system: SystemTime::now(), clock: clock.elapsed() }
+    }
+
+    fn to_system(&self, at: Duration) -> SystemTime {
+        if at >= self.clock {
+            self.system + (at - self.clock)
+        } else {
+            self.system.checked_sub(self.clock - at).unwrap_or(SystemTime::UNIX_EPOCH)
+        }
+    }
+
+    fn to_clock(&self, at: SystemTime) -> Duration {
+        match at.duration_since(self.system) {
+            Ok(ahead) => self.clock + ahead,
+            Err(behind) => self.clock.saturating_sub(behind.duration()),
+        }
+    }
 }
 
 /// A fresh entry, for answering without Pingora's cache machinery (see `cache::fresh_answer`).
@@ -121,10 +153,6 @@ impl CacheStore {
     /// Estimated bytes held now.
     pub fn stored_bytes(&self) -> u64 {
         self.stored_bytes.load(Ordering::Relaxed).max(0) as u64
-    }
-
-    pub fn max_bytes(&self) -> u64 {
-        self.max_bytes as u64
     }
 
     /// Drops every entry of a route; returns how many were indexed.
@@ -198,36 +226,31 @@ impl CacheStore {
     pub fn fresh(&self, key: &CacheKey) -> Option<FreshEntry> {
         let entry = self.get(key_hash(key))?;
         let now = self.clock.elapsed();
-        let left = entry.fresh_until.checked_sub(now).filter(|left| !left.is_zero())?;
-        Some(FreshEntry { age_secs: now.saturating_sub(entry.created).as_secs(), ttl_secs: left.as_secs(), entry })
-    }
-
-    /// A gateway-clock time as a `SystemTime` now.
-    fn to_system(&self, at: Duration, now: SystemTime, clock_now: Duration) -> SystemTime {
-        if at >= clock_now {
-            now + (at - clock_now)
-        } else {
-            now.checked_sub(clock_now - at).unwrap_or(SystemTime::UNIX_EPOCH)
-        }
-    }
-
-    /// A `SystemTime` as a gateway-clock time.
-    fn to_clock(&self, at: SystemTime, now: SystemTime, clock_now: Duration) -> Duration {
-        match at.duration_since(now) {
-            Ok(ahead) => clock_now + ahead,
-            Err(behind) => clock_now.saturating_sub(behind.duration()),
-        }
+        let left = entry.freshness.fresh_until.checked_sub(now).filter(|left| !left.is_zero())?;
+        let age_secs = now.saturating_sub(entry.freshness.created).as_secs();
+        Some(FreshEntry { age_secs, ttl_secs: left.as_secs(), entry })
     }
 
     fn meta_of(&self, entry: &Entry) -> CacheMeta {
-        let (now, clock_now) = (SystemTime::now(), self.clock.elapsed());
+        let now = Now::of(&self.clock);
+        let f = &entry.freshness;
         CacheMeta::new(
-            self.to_system(entry.fresh_until, now, clock_now),
-            self.to_system(entry.created, now, clock_now),
-            entry.stale_while_revalidate_secs,
-            entry.stale_if_error_secs,
+            now.to_system(f.fresh_until),
+            now.to_system(f.created),
+            f.stale_while_revalidate_secs,
+            f.stale_if_error_secs,
             entry.header.clone(),
         )
+    }
+
+    fn freshness_of(&self, meta: &CacheMeta) -> Freshness {
+        let now = Now::of(&self.clock);
+        Freshness {
+            created: now.to_clock(meta.created()),
+            fresh_until: now.to_clock(meta.fresh_until()),
+            stale_while_revalidate_secs: meta.stale_while_revalidate_sec(),
+            stale_if_error_secs: meta.stale_if_error_sec(),
+        }
     }
 
     fn route_of(&self, key: &CacheKey) -> Result<usize> {
@@ -255,20 +278,17 @@ impl Storage for CacheStore {
         meta: &CacheMeta,
         _trace: &SpanHandle,
     ) -> Result<MissHandler> {
-        let (now, clock_now) = (SystemTime::now(), self.clock.elapsed());
         let route = self.route_of(key)?;
-        Ok(Box::new(Filling {
-            store: self,
+        let entry = Entry {
             key: key_hash(key),
             route,
             generation: self.routes[route].generation.load(Ordering::Relaxed),
             header: meta.response_header_copy(),
-            body: BytesMut::new(),
-            created: self.to_clock(meta.created(), now, clock_now),
-            fresh_until: self.to_clock(meta.fresh_until(), now, clock_now),
-            stale_while_revalidate_secs: meta.stale_while_revalidate_sec(),
-            stale_if_error_secs: meta.stale_if_error_sec(),
-        }))
+            body: Bytes::new(),
+            freshness: self.freshness_of(meta),
+            bytes: 0,
+        };
+        Ok(Box::new(Filling { store: self, entry, body: BytesMut::new() }))
     }
 
     async fn purge(
@@ -285,7 +305,6 @@ impl Storage for CacheStore {
         let Some(old) = self.get(key_hash(key)) else {
             return Ok(false);
         };
-        let (now, clock_now) = (SystemTime::now(), self.clock.elapsed());
         let header = meta.response_header_copy();
         self.insert(Entry {
             key: old.key,
@@ -294,10 +313,7 @@ impl Storage for CacheStore {
             bytes: entry_bytes(&header, old.body.len()),
             header,
             body: old.body.clone(),
-            created: self.to_clock(meta.created(), now, clock_now),
-            fresh_until: self.to_clock(meta.fresh_until(), now, clock_now),
-            stale_while_revalidate_secs: meta.stale_while_revalidate_sec(),
-            stale_if_error_secs: meta.stale_if_error_sec(),
+            freshness: self.freshness_of(meta),
         });
         Ok(true)
     }
@@ -365,15 +381,9 @@ impl HandleHit for StoredBody {
 /// (Pingora stops a fill that grows past `max_object_bytes`).
 struct Filling {
     store: &'static CacheStore,
-    key: u128,
-    route: usize,
-    generation: u64,
-    header: ResponseHeader,
+    /// Everything but the body, which is gathered below.
+    entry: Entry,
     body: BytesMut,
-    created: Duration,
-    fresh_until: Duration,
-    stale_while_revalidate_secs: u32,
-    stale_if_error_secs: u32,
 }
 
 #[async_trait]
@@ -384,23 +394,14 @@ impl HandleMiss for Filling {
     }
 
     async fn finish(self: Box<Self>) -> Result<MissFinishType> {
-        let body = self.body.freeze();
-        let bytes = entry_bytes(&self.header, body.len());
-        if bytes > self.store.max_bytes {
+        let Filling { store, mut entry, body } = *self;
+        entry.body = body.freeze();
+        entry.bytes = entry_bytes(&entry.header, entry.body.len());
+        if entry.bytes > store.max_bytes {
             return Ok(MissFinishType::Created(0));
         }
-        self.store.insert(Entry {
-            key: self.key,
-            route: self.route,
-            generation: self.generation,
-            header: self.header,
-            body,
-            created: self.created,
-            fresh_until: self.fresh_until,
-            stale_while_revalidate_secs: self.stale_while_revalidate_secs,
-            stale_if_error_secs: self.stale_if_error_secs,
-            bytes,
-        });
+        let bytes = entry.bytes;
+        store.insert(entry);
         Ok(MissFinishType::Created(bytes))
     }
 }
