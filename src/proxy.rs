@@ -99,8 +99,6 @@ pub struct RequestCtx {
     cache_key: Option<CacheKey>,
     /// Answered from a fresh entry in `request_filter`, without Pingora's cache phases.
     fresh_hit: bool,
-    /// A stale entry is being served because the backend failed (`stale_if_error_secs`).
-    stale_because_of_error: bool,
     /// Set by the phase that refuses the request; `fail_to_proxy` answers with it.
     problem: Option<Problem>,
     /// The status the caller got (499: the caller went away first).
@@ -425,7 +423,6 @@ impl ProxyHttp for SeawallProxy {
             cache_enabled: false,
             cache_key: None,
             fresh_hit: false,
-            stale_because_of_error: false,
             problem: None,
             status: 0,
             _active: self.gateway.active_request(),
@@ -562,9 +559,7 @@ impl ProxyHttp for SeawallProxy {
             ctx.problem = Problem::from_proxy_error(error, ctx.body_complete, deadline_passed);
         }
         // (No problem at all: the caller went away.)
-        let backend_failed = ctx.problem.as_ref().is_some_and(Problem::is_backend_failure);
-        ctx.stale_because_of_error |= backend_failed;
-        backend_failed
+        ctx.problem.as_ref().is_some_and(Problem::is_backend_failure)
     }
 
     async fn upstream_peer(&self, _session: &mut Session, ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
@@ -727,7 +722,7 @@ impl ProxyHttp for SeawallProxy {
     ) -> Result<()> {
         upstream_response.insert_header("x-request-id", ctx.request_id.clone())?;
         if ctx.cache_enabled {
-            let status = cache::cache_status(&session.cache, ctx.stale_because_of_error);
+            let status = cache::cache_status(&session.cache);
             upstream_response.insert_header("cache-status", status)?;
         }
         ctx.status = upstream_response.status.as_u16();

@@ -4,12 +4,12 @@
 
 mod common;
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::{json, problem_code, Backend, TestGateway};
+use common::{problem_code, Backend, Canned, TestGateway};
 
 const BASE: &str = r#"
 server: { threads: 1 }
@@ -152,19 +152,8 @@ routes:
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_circuit_opens_on_failures_then_a_probe_closes_it() {
-    let healthy = Arc::new(AtomicBool::new(false));
-    let flag = healthy.clone();
-    let backend = Backend::start(move |_| {
-        let ok = flag.load(Ordering::SeqCst);
-        Box::pin(async move {
-            if ok {
-                json(200, "{}")
-            } else {
-                json(500, "{\"error\":\"db down\"}")
-            }
-        })
-    })
-    .await;
+    let (backend, healthy) =
+        Backend::switched(Canned::new(500, "{\"error\":\"db down\"}"), Canned::new(200, "{}")).await;
     let gw = start(
         r#"
 upstreams:

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{json, problem_code, Backend, TestGateway};
+use common::{json, problem_code, Backend, Canned, TestGateway};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 
 const BASE: &str = r#"
@@ -26,6 +26,20 @@ fn start(rest: &str, backend: &Backend) -> TestGateway {
 
 fn start_with_upstreams(rest: &str, backend: &Backend) -> TestGateway {
     TestGateway::start(&format!("{BASE}{rest}"), &[("BACKEND", backend.addr.to_string())])
+}
+
+/// The gateway with one cached route, `GET /balance`, to the backend (upstream `crm`).
+fn balance_route(timeout_ms: u64, cache: &str, backend: &Backend) -> TestGateway {
+    start(
+        &format!(
+            r#"
+routes:
+  - {{ id: balance, match: {{ method: GET, path: "/balance" }}, upstream: crm, timeout_ms: {timeout_ms},
+      cache: {cache} }}
+"#
+        ),
+        backend,
+    )
 }
 
 /// A backend that answers with a body naming its own count of requests so far.
@@ -181,15 +195,9 @@ routes:
 
 #[tokio::test(flavor = "multi_thread")]
 async fn stale_while_revalidate_answers_at_once_and_refreshes_once_in_the_background() {
-    let (backend, count) = counting(Duration::from_millis(100)).await;
-    let gw = start(
-        r#"
-routes:
-  - { id: balance, match: { method: GET, path: "/balance" }, upstream: crm, timeout_ms: 2000,
-      cache: { ttl_secs: 10, stale_while_revalidate_secs: 30 } }
-"#,
-        &backend,
-    );
+    // The backend takes a second: a stale answer that waited for the refresh would show it.
+    let (backend, count) = counting(Duration::from_secs(1)).await;
+    let gw = balance_route(3000, "{ ttl_secs: 10, stale_while_revalidate_secs: 30 }", &backend);
     let client = reqwest::Client::new();
     get(&client, &gw.url("/balance")).await;
     gw.gateway.clock.advance(Duration::from_secs(15));
@@ -199,7 +207,7 @@ routes:
         assert_eq!(status, 200);
         assert!(body.contains("\"answer\":1"), "{body}");
         assert!(cache_status.ends_with("detail=stale-while-revalidate"), "{cache_status}");
-        assert!(started.elapsed() < Duration::from_millis(100), "a stale answer waited for the backend");
+        assert!(started.elapsed() < Duration::from_millis(500), "a stale answer waited for the backend");
     }
     // One background refresh, then the fresh answer.
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
@@ -232,19 +240,8 @@ routes:
 
 #[tokio::test(flavor = "multi_thread")]
 async fn stale_if_error_covers_a_failing_backend_and_an_open_circuit_within_its_window() {
-    let failing = Arc::new(AtomicBool::new(false));
-    let f = failing.clone();
-    let backend = Backend::start(move |_| {
-        let fail = f.load(Ordering::SeqCst);
-        Box::pin(async move {
-            if fail {
-                json(500, "{\"error\":true}")
-            } else {
-                json(200, "{\"balance\":10}")
-            }
-        })
-    })
-    .await;
+    let (backend, failing) =
+        Backend::switched(Canned::new(200, "{\"balance\":10}"), Canned::new(500, "{\"error\":true}")).await;
     let gw = start_with_upstreams(
         r#"
 upstreams:
@@ -507,13 +504,7 @@ async fn hits_carry_age_and_honour_ranges_and_conditional_requests() {
         })
     })
     .await;
-    let gw = start(
-        r#"
-routes:
-  - { id: balance, match: { method: GET, path: "/balance" }, upstream: crm, timeout_ms: 2000, cache: { ttl_secs: 60 } }
-"#,
-        &backend,
-    );
+    let gw = balance_route(2000, "{ ttl_secs: 60 }", &backend);
     let client = reqwest::Client::new();
     get(&client, &gw.url("/balance")).await;
     gw.gateway.clock.advance(Duration::from_secs(7));
@@ -537,26 +528,9 @@ routes:
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_backend_past_the_deadline_is_covered_by_a_stale_entry() {
-    let slow = Arc::new(AtomicBool::new(false));
-    let s = slow.clone();
-    let backend = Backend::start(move |_| {
-        let hang = s.load(Ordering::SeqCst);
-        Box::pin(async move {
-            if hang {
-                tokio::time::sleep(Duration::from_secs(5)).await;
-            }
-            json(200, "{\"balance\":10}")
-        })
-    })
-    .await;
-    let gw = start(
-        r#"
-routes:
-  - { id: balance, match: { method: GET, path: "/balance" }, upstream: crm, timeout_ms: 300,
-      cache: { ttl_secs: 10, stale_if_error_secs: 60 } }
-"#,
-        &backend,
-    );
+    let balance = Canned::new(200, "{\"balance\":10}");
+    let (backend, slow) = Backend::switched(balance, balance.after(Duration::from_secs(5))).await;
+    let gw = balance_route(300, "{ ttl_secs: 10, stale_if_error_secs: 60 }", &backend);
     let client = reqwest::Client::new();
     get(&client, &gw.url("/balance")).await;
     slow.store(true, Ordering::SeqCst);

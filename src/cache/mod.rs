@@ -68,7 +68,7 @@ impl CacheResult {
 
 /// The `Cache-Status` value for an answer about to be sent (RFC 9211), e.g.
 /// `seawall; hit; ttl=42` or `seawall; fwd=miss; stored`.
-pub fn cache_status(cache: &HttpCache, stale_because_of_error: bool) -> String {
+pub fn cache_status(cache: &HttpCache) -> String {
     let ttl = cache.maybe_cache_meta().map(|meta| {
         let now = SystemTime::now();
         match meta.fresh_until().duration_since(now) {
@@ -81,8 +81,9 @@ pub fn cache_status(cache: &HttpCache, stale_because_of_error: bool) -> String {
         CachePhase::Hit if cache.lock_duration().is_some() => format!("seawall; hit{ttl}; detail=coalesced"),
         CachePhase::Hit => format!("seawall; hit{ttl}"),
         CachePhase::StaleUpdating => format!("seawall; hit{ttl}; detail=stale-while-revalidate"),
-        CachePhase::Stale if stale_because_of_error => format!("seawall; fwd=stale{ttl}; detail=stale-if-error"),
-        CachePhase::Stale => format!("seawall; hit{ttl}"),
+        // An expired entry is answered in this phase only when the backend failed (a refresh
+        // behind a stale answer is `StaleUpdating`).
+        CachePhase::Stale => format!("seawall; fwd=stale{ttl}; detail=stale-if-error"),
         CachePhase::Expired if cache.enabled() => "seawall; fwd=stale; stored".into(),
         CachePhase::Expired => "seawall; fwd=stale".into(),
         CachePhase::Revalidated | CachePhase::RevalidatedNoCache(_) => {

@@ -217,6 +217,22 @@ impl Backend {
         .await
     }
 
+    /// Gives `off` until the test sets the returned switch, then `on` (a backend that falls
+    /// sick, hangs or heals on cue).
+    pub async fn switched(off: Canned, on: Canned) -> (Backend, Arc<std::sync::atomic::AtomicBool>) {
+        let switch = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = switch.clone();
+        let backend = Backend::start(move |_| {
+            let answer = if flag.load(std::sync::atomic::Ordering::SeqCst) { on } else { off };
+            Box::pin(async move {
+                tokio::time::sleep(answer.delay).await;
+                json(answer.status, answer.body)
+            })
+        })
+        .await;
+        (backend, switch)
+    }
+
     pub fn received(&self) -> Vec<Received> {
         self.received.lock().unwrap().clone()
     }
@@ -229,6 +245,24 @@ impl Backend {
 impl Drop for Backend {
     fn drop(&mut self) {
         self.task.abort();
+    }
+}
+
+/// One answer of [`Backend::switched`]: status, JSON body, and how long it takes.
+#[derive(Debug, Clone, Copy)]
+pub struct Canned {
+    pub status: u16,
+    pub body: &'static str,
+    pub delay: Duration,
+}
+
+impl Canned {
+    pub fn new(status: u16, body: &'static str) -> Canned {
+        Canned { status, body, delay: Duration::ZERO }
+    }
+
+    pub fn after(self, delay: Duration) -> Canned {
+        Canned { delay, ..self }
     }
 }
 
