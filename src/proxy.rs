@@ -139,18 +139,7 @@ impl SeawallProxy {
             .and_then(|r| self.gateway.config.routes[r].on_error.as_ref())
             .and_then(|d| d.answer(problem, &ctx.request_id));
         let (header, body) = degraded.unwrap_or_else(|| problem.response(&ctx.request_id));
-        ctx.status = header.status.as_u16();
-        if !ctx.body_complete {
-            session.set_keepalive(None);
-        }
-        let written = match session.write_response_header(Box::new(header), false).await {
-            Ok(()) => session.write_response_body(Some(body), true).await,
-            Err(e) => Err(e),
-        };
-        if let Err(e) = written {
-            tracing::debug!(request_id = request_id::as_str(&ctx.request_id), error = %e, "could not write problem answer");
-            ctx.status = 499;
-        }
+        write_answer(session, ctx, header, body).await;
     }
 
     /// The built-in token issuer's two endpoints; answers are RFC 6749 JSON, not problem+json.
@@ -192,11 +181,7 @@ impl SeawallProxy {
             }
             (answer.status, answer.body, answer.basic_challenge)
         };
-        ctx.status = status;
-        if !ctx.body_complete {
-            session.set_keepalive(None);
-        }
-        let written = async {
+        let header = (|| {
             let mut header = ResponseHeader::build(status, Some(6))?;
             header.insert_header("content-type", "application/json")?;
             header.insert_header("content-length", body.len().to_string())?;
@@ -210,11 +195,14 @@ impl SeawallProxy {
             if challenge {
                 header.insert_header("www-authenticate", r#"Basic realm="seawall""#)?;
             }
-            session.write_response_header(Box::new(header), false).await?;
-            session.write_response_body(Some(Bytes::from(body)), true).await
-        };
-        if written.await.is_err() {
-            ctx.status = 499;
+            Ok::<_, Box<Error>>(header)
+        })();
+        match header {
+            Ok(header) => write_answer(session, ctx, header, Bytes::from(body)).await,
+            Err(e) => {
+                let problem = Problem::Internal { reason: e.to_string() };
+                self.respond(session, ctx, &problem).await;
+            }
         }
     }
 
@@ -327,22 +315,11 @@ impl SeawallProxy {
         else {
             return false;
         };
-        ctx.fresh_hit = true;
-        ctx.status = header.status.as_u16();
-        if !ctx.body_complete {
-            // An unread request body must not be taken for the next request.
-            session.set_keepalive(None);
-        }
         if header.insert_header("x-request-id", ctx.request_id.clone()).is_err() {
             return false;
         }
-        let written = match session.write_response_header(Box::new(header), false).await {
-            Ok(()) => session.write_response_body(Some(body), true).await,
-            Err(e) => Err(e),
-        };
-        if written.is_err() {
-            ctx.status = 499;
-        }
+        ctx.fresh_hit = true;
+        write_answer(session, ctx, header, body).await;
         true
     }
 
@@ -834,6 +811,24 @@ impl ProxyHttp for SeawallProxy {
                 reason = %ctx.problem.as_ref().map(|p| p.to_string()).or_else(|| e.map(|e| e.to_string())).unwrap_or_default(),
             );
         }
+    }
+}
+
+/// Writes an answer the gateway makes itself; the connection is closed when the request body
+/// was not read, so unread bytes can never be taken for the next request. A caller gone before
+/// it could be written is logged as 499.
+async fn write_answer(session: &mut Session, ctx: &mut RequestCtx, header: ResponseHeader, body: Bytes) {
+    ctx.status = header.status.as_u16();
+    if !ctx.body_complete {
+        session.set_keepalive(None);
+    }
+    let written = match session.write_response_header(Box::new(header), false).await {
+        Ok(()) => session.write_response_body(Some(body), true).await,
+        Err(e) => Err(e),
+    };
+    if let Err(e) = written {
+        tracing::debug!(request_id = request_id::as_str(&ctx.request_id), error = %e, "could not write the answer");
+        ctx.status = 499;
     }
 }
 
