@@ -23,6 +23,8 @@ use crate::upstream::Upstream;
 pub struct Gateway {
     pub config: Config,
     pub upstreams: Vec<Upstream>,
+    /// Calls the gateway makes itself (mediations), with their own connection pool.
+    pub upstream_client: crate::upstream::client::UpstreamClient,
     /// One per `config.jwt_providers`, same order.
     pub jwt_providers: Vec<JwtProvider>,
     /// For each provider, its JWKS source when the keys come from `jwks_uri`.
@@ -136,6 +138,7 @@ impl Gateway {
             access_log: config.logging.access_log,
             config,
             upstreams,
+            upstream_client: Default::default(),
             jwt_providers,
             jwks_sources,
             token_issuer,

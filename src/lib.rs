@@ -31,6 +31,7 @@ pub mod gateway;
 pub mod genesys;
 pub mod lifecycle;
 pub mod logging;
+pub mod mediation;
 pub mod metrics;
 pub mod periodic;
 pub mod problem;

@@ -37,6 +37,14 @@ enum Command {
         #[arg(short, long)]
         config: PathBuf,
     },
+    /// Run a mediation's golden cases offline (`plugins/NAME`, or `plugins/` for every folder).
+    Test {
+        /// A mediation folder, or a folder of them.
+        path: PathBuf,
+        /// Rewrite each failing case's expectations from what the mediation does now.
+        #[arg(long)]
+        update: bool,
+    },
     /// Fetch a token from the built-in issuer (client credentials) and print it.
     Token {
         #[arg(long)]
@@ -100,6 +108,7 @@ fn main() -> ExitCode {
             }
             Err(errors) => config_errors(&errors),
         },
+        Command::Test { path, update } => golden_test(&path, update),
         Command::Token { client_id, secret, url, scope } => token(&client_id, &secret, &url, scope.as_deref()),
         Command::Genesys { command: GenesysCommand::Ipranges { region, from, output } } => {
             genesys_ipranges(&region, from.as_deref(), output.as_deref())
@@ -135,6 +144,53 @@ fn validate(path: &std::path::Path) -> ExitCode {
             eprintln!("{}: {} error(s)", path.display(), errors.len());
             ExitCode::from(1)
         }
+    }
+}
+
+/// `seawall test`: one line per case, a diff for each failure, a summary; exit 1 on any failure.
+fn golden_test(path: &std::path::Path, update: bool) -> ExitCode {
+    use seawall::mediation::golden;
+    let folders = match golden::folders(path) {
+        Ok(folders) => folders,
+        Err(e) => {
+            eprintln!("seawall test: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let (mut passed, mut failed, mut rewritten) = (0, 0, 0);
+    for folder in folders {
+        match golden::run_folder(&folder, update) {
+            Ok(results) => {
+                for result in results {
+                    let name = result.file.display();
+                    if result.updated {
+                        rewritten += 1;
+                        println!("{name}: updated");
+                    } else if result.failures.is_empty() {
+                        passed += 1;
+                        println!("{name}: ok");
+                    } else {
+                        failed += 1;
+                        println!("{name}: FAILED");
+                        for failure in &result.failures {
+                            println!("{failure}");
+                        }
+                    }
+                }
+            }
+            Err(errors) => {
+                failed += 1;
+                for e in errors {
+                    eprintln!("{e}");
+                }
+            }
+        }
+    }
+    println!("{passed} passed, {failed} failed, {rewritten} updated");
+    if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
     }
 }
 

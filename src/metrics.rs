@@ -51,6 +51,12 @@ impl UpstreamOutcome {
         match (problem, upstream_status) {
             (Some(Problem::UpstreamTimeout), _) => Some(UpstreamOutcome::Timeout),
             (Some(Problem::RequestTimeout | Problem::RequestTooLarge { .. }), _) => None,
+            // A mediation's backend answered, but not as declared.
+            (Some(Problem::UpstreamBadAnswer { .. }), _) => Some(UpstreamOutcome::Error),
+            // A backend's own fault: an answer about the caller's request (not found) is the
+            // backend working; one about itself is not.
+            (Some(Problem::Mapped { status, .. }), _) if *status < 500 => Some(UpstreamOutcome::Ok),
+            (Some(Problem::Mapped { .. }), _) => Some(UpstreamOutcome::Error),
             (_, Some(status)) if status < 500 && !failed => Some(UpstreamOutcome::Ok),
             (None, _) if caller_failed => None,
             _ => Some(UpstreamOutcome::Error),

@@ -39,6 +39,16 @@ pub enum Problem {
     UpstreamUnavailable { reason: String },
     #[error("route deadline passed before the upstream answered")]
     UpstreamTimeout,
+    #[error("upstream answer not as declared: {reason}")]
+    UpstreamBadAnswer { reason: String },
+    /// A backend's own failure answer (a SOAP Fault), mapped by the mediation's `faults`.
+    #[error("{reason}")]
+    Mapped { status: u16, code: &'static str, reason: String },
+    /// A mediation input missing, of the wrong type, out of bounds, or not declared.
+    #[error("input `{input}` refused: {reason}")]
+    InvalidInput { input: String, reason: &'static str },
+    #[error("mediation script failed: {reason}")]
+    ScriptError { reason: String },
     #[error("internal error: {reason}")]
     Internal { reason: String },
 }
@@ -77,6 +87,10 @@ impl Problem {
             Problem::CircuitOpen { .. } => (503, "circuit_open", "Backend failing: calls paused", true),
             Problem::UpstreamUnavailable { .. } => (502, "upstream_unavailable", "Upstream unavailable", true),
             Problem::UpstreamTimeout => (504, "upstream_timeout", "Upstream did not respond in time", true),
+            Problem::UpstreamBadAnswer { .. } => (502, "upstream_bad_answer", "Upstream answer not understood", true),
+            Problem::Mapped { status, code, .. } => (*status, *code, "Backend answered with a fault", *status >= 500),
+            Problem::InvalidInput { .. } => (400, "invalid_input", "Invalid input", false),
+            Problem::ScriptError { .. } => (500, "script_error", "Mediation script failed", false),
             Problem::Internal { .. } => (500, "internal_error", "Internal gateway error", false),
         };
         Entry { status, code, title, retryable }
@@ -97,6 +111,7 @@ impl Problem {
             self,
             Problem::UpstreamTimeout
                 | Problem::UpstreamUnavailable { .. }
+                | Problem::UpstreamBadAnswer { .. }
                 | Problem::CircuitOpen { .. }
                 | Problem::BackendOverloaded
         )
@@ -121,6 +136,10 @@ impl Problem {
         });
         if let Some(detail) = detail {
             body["detail"] = detail.into();
+        }
+        if let Problem::InvalidInput { input, .. } = self {
+            // The input's declared name (or a bounded, sanitized key): never the caller's value.
+            body["input"] = input.as_str().into();
         }
         let body = Bytes::from(serde_json::to_vec(&body).unwrap_or_default());
         let mut header = ResponseHeader::build(entry.status, Some(6))

@@ -44,6 +44,8 @@ use crate::config::RateLimitKey;
 use crate::config::RouteConfig;
 use crate::forwarding::{self, Forwarded};
 use crate::gateway::{ActiveRequest, Gateway};
+use crate::mediation::inputs::{self, Inputs, RawRequest};
+use crate::mediation::{self, Call, Mediation};
 use crate::metrics::{AuthLayer, InflightGuard, UpstreamOutcome, ISSUER_ROUTE, NO_ROUTE};
 use crate::problem::{is_timeout, Problem};
 use crate::request_id;
@@ -99,6 +101,8 @@ pub struct RequestCtx {
     cache_key: Option<CacheKey>,
     /// Answered from a fresh entry in `request_filter`, without Pingora's cache phases.
     fresh_hit: bool,
+    /// A mediation route's inputs, read and checked in `request_filter`.
+    inputs: Option<Inputs>,
     /// Set by the phase that refuses the request; `fail_to_proxy` answers with it.
     problem: Option<Problem>,
     /// The status the caller got (499: the caller went away first).
@@ -157,7 +161,7 @@ impl SeawallProxy {
             let authorization =
                 req.headers.get(http::header::AUTHORIZATION).and_then(|v| v.to_str().ok()).map(String::from);
             let answer = match read_body(session, issuer::MAX_BODY_BYTES).await {
-                Some(body) => {
+                Ok(body) => {
                     ctx.body_complete = true;
                     issuer.token(
                         &method,
@@ -168,7 +172,7 @@ impl SeawallProxy {
                         Instant::now(),
                     )
                 }
-                None => issuer::TokenAnswer {
+                Err(_) => issuer::TokenAnswer {
                     status: 400,
                     body: r#"{"error":"invalid_request"}"#.into(),
                     basic_challenge: false,
@@ -323,6 +327,85 @@ impl SeawallProxy {
         true
     }
 
+    /// A mediation's declared inputs, from the path, query, headers and (when it reads one)
+    /// the flat JSON body: 400 `invalid_input` before any backend is touched.
+    async fn read_inputs(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        route: &RouteConfig,
+        mediation: &Mediation,
+    ) -> std::result::Result<(), Problem> {
+        let body = if mediation.reads_body {
+            let body = read_body(session, route.max_body_bytes as usize).await?;
+            ctx.body_complete = true;
+            Some(body)
+        } else if !session.is_body_empty() {
+            return Err(Problem::InvalidInput { input: "body".into(), reason: "not a declared input" });
+        } else {
+            None
+        };
+        let req = session.req_header();
+        let raw =
+            RawRequest { params: &ctx.params, query: req.uri.query(), headers: &req.headers, body: body.as_deref() };
+        let inputs = inputs::extract(&mediation.inputs, &raw)
+            .map_err(|e| Problem::InvalidInput { input: e.input, reason: e.reason })?;
+        ctx.inputs = Some(inputs);
+        Ok(())
+    }
+
+    /// A mediation route's backend call (admitted by `proxy_upstream_filter`) and its answer:
+    /// the mapped JSON, or a problem (mapped fault, bad answer, timeout), degraded if the route
+    /// says so.
+    async fn mediate(&self, session: &mut Session, ctx: &mut RequestCtx, route: &RouteConfig, mediation: &Mediation) {
+        let now = Instant::now();
+        let time_left = ctx.deadline.map_or(route.timeout, |d| d.remaining(now));
+        let upstream = &self.gateway.upstreams[route.upstream];
+        ctx.attempts += 1;
+        ctx.upstream_started = Some(now);
+        ctx.upstream_inflight = Some(self.gateway.metrics.inflight(route.upstream));
+        let inputs = ctx.inputs.take().unwrap_or_default();
+        let call = Call {
+            upstream,
+            client: &self.gateway.upstream_client,
+            forwarded: Forwarded {
+                original_host: session.req_header().headers.get(http::header::HOST),
+                peer_ip: ctx.peer_ip,
+                request_id: &ctx.request_id,
+                upstream_host: upstream.host_header(),
+                tls: session.digest().is_some_and(|d| d.ssl_digest.is_some()),
+            },
+            time_left,
+            idempotent: session.req_header().method.is_idempotent(),
+        };
+        let outcome = mediation.run(&inputs, call).await;
+        ctx.upstream_status = outcome.backend_status;
+        match outcome.result {
+            Ok(value) => {
+                let body = mediation::json_body(&value);
+                let header = (|| {
+                    let mut header = ResponseHeader::build(200, Some(3))?;
+                    header.insert_header("content-type", "application/json")?;
+                    header.insert_header("content-length", body.len().to_string())?;
+                    header.insert_header("x-request-id", ctx.request_id.clone())?;
+                    Ok::<_, Box<Error>>(header)
+                })();
+                match header {
+                    Ok(header) => write_answer(session, ctx, header, body).await,
+                    Err(e) => {
+                        let problem = Problem::Internal { reason: e.to_string() };
+                        self.respond(session, ctx, &problem).await;
+                        ctx.problem = Some(problem);
+                    }
+                }
+            }
+            Err(problem) => {
+                self.respond(session, ctx, &problem).await;
+                ctx.problem = Some(problem);
+            }
+        }
+    }
+
     /// Route match and every check that needs no I/O, cheapest refusal first: path, route,
     /// caller address, declared body size. Runs in `request_filter`, before any upstream work.
     fn admit(&self, session: &Session, ctx: &mut RequestCtx) -> Result<&RouteConfig, Problem> {
@@ -400,6 +483,7 @@ impl ProxyHttp for SeawallProxy {
             cache_enabled: false,
             cache_key: None,
             fresh_hit: false,
+            inputs: None,
             problem: None,
             status: 0,
             _active: self.gateway.active_request(),
@@ -444,6 +528,14 @@ impl ProxyHttp for SeawallProxy {
                 session.set_write_timeout(Some(route.timeout.max(MIN_WRITE_TIMEOUT)));
                 if self.answer_fresh_hit(session, ctx, route).await {
                     return Ok(true);
+                }
+                if let Some(index) = route.mediation {
+                    let mediation = &self.gateway.config.mediations[index];
+                    if let Err(problem) = self.read_inputs(session, ctx, route, mediation).await {
+                        self.respond(session, ctx, &problem).await;
+                        ctx.problem = Some(problem);
+                        return Ok(true);
+                    }
                 }
                 if route.retries > 0 {
                     session.enable_retry_buffering();
@@ -495,8 +587,14 @@ impl ProxyHttp for SeawallProxy {
         } else {
             self.charge_usage_plan(ctx, true).and_then(|()| self.admit_to_upstream(ctx, route))
         };
-        let Err(problem) = refusal else {
-            return Ok(true);
+        let problem = match (refusal, route.mediation) {
+            (Ok(()), None) => return Ok(true),
+            (Ok(()), Some(index)) => {
+                // The gateway makes the backend call itself and answers.
+                self.mediate(session, ctx, route, &self.gateway.config.mediations[index]).await;
+                return Ok(false);
+            }
+            (Err(problem), _) => problem,
         };
         if problem.is_backend_failure() && session.cache.can_serve_stale_error() {
             // Answered from the stale entry by Pingora's error path (`upstream_peer` fails at
@@ -832,14 +930,15 @@ async fn write_answer(session: &mut Session, ctx: &mut RequestCtx, header: Respo
     }
 }
 
-/// The whole request body, or `None` when it is larger than `limit` or unreadable.
-async fn read_body(session: &mut Session, limit: usize) -> Option<Vec<u8>> {
+/// The whole request body; refused when it is larger than `limit` (413) or unreadable.
+async fn read_body(session: &mut Session, limit: usize) -> std::result::Result<Vec<u8>, Problem> {
     let mut body = Vec::new();
     loop {
         match session.read_request_body().await {
             Ok(Some(chunk)) if body.len() + chunk.len() <= limit => body.extend_from_slice(&chunk),
-            Ok(Some(_)) | Err(_) => return None,
-            Ok(None) => return Some(body),
+            Ok(Some(_)) => return Err(Problem::RequestTooLarge { limit: limit as u64 }),
+            Err(e) => return Err(Problem::BadRequest { reason: format!("request body unreadable: {e}") }),
+            Ok(None) => return Ok(body),
         }
     }
 }

@@ -238,6 +238,15 @@ impl PathParams {
         self.names.iter().position(|n| n == name).map(|i| self.decoded[i].as_str())
     }
 
+    /// Parameters given by name (offline golden cases, unit tests).
+    pub fn from_pairs(pairs: &[(&str, &str)]) -> PathParams {
+        PathParams {
+            names: pairs.iter().map(|(n, _)| n.to_string()).collect(),
+            raw: pairs.iter().map(|(_, v)| v.to_string()).collect(),
+            decoded: pairs.iter().map(|(_, v)| v.to_string()).collect(),
+        }
+    }
+
     fn value(&self, index: usize) -> &str {
         &self.decoded[index]
     }

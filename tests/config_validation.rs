@@ -338,23 +338,132 @@ fn a_missing_config_file_exits_1_with_cannot_read() {
 }
 
 #[test]
-fn a_mediation_route_is_not_supported_yet() {
-    let errors = errors_of(
-        r#"
-listeners:
-  - name: public
-    address: 127.0.0.1:8080
-admin:
-  address: 127.0.0.1:9090
+fn a_mediation_route_loads_its_folder_and_needs_an_upstream() {
+    let route = |upstream: &str, extra: &str| {
+        format!(
+            r#"
+listeners: [{{ name: public, address: 127.0.0.1:8080 }}]
+admin: {{ address: 127.0.0.1:9090 }}
+upstreams: {{ crm_soap: {{ targets: [127.0.0.1:9] }} }}
+plugins_dir: plugins
 routes:
   - id: customer
-    match: { method: GET, path: "/customers/{customerId}" }
+    match: {{ method: GET, path: "/customers/{{customerId}}" }}
     mediation: crm-customer
     timeout_ms: 3000
+    {upstream}
+    {extra}
+"#
+        )
+    };
+    let config = load(&route("upstream: crm_soap", "")).expect("the shipped SOAP mediation loads");
+    assert_eq!(config.mediations.len(), 1);
+    assert_eq!(config.routes[0].mediation, Some(0));
+
+    let errors = errors_of(&route("", ""));
+    assert_error(&errors, "routes[0].upstream", &["SOAP mediation calls an upstream"]);
+    let errors = errors_of(&route("upstream: crm_soap", "upstream_path: /x"));
+    assert_error(&errors, "routes[0].upstream_path", &["mediation builds the backend request"]);
+    let errors = errors_of(&route("upstream: crm_soap", "").replace("crm-customer", "no-such-folder"));
+    assert_error(&errors, "routes[0].mediation", &["plugins/no-such-folder/mediation.yaml", "cannot read"]);
+    let errors = errors_of(&route("upstream: crm_soap", "").replace("crm-customer", "../conf"));
+    assert_error(&errors, "routes[0].mediation", &["not a mediation folder name"]);
+}
+
+#[test]
+fn every_error_in_a_mediation_folder_is_reported_with_its_file_and_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let folder = dir.path().join("broken");
+    std::fs::create_dir(&folder).unwrap();
+    write(
+        &folder,
+        "mediation.yaml",
+        r#"
+inputs:
+  id: { from: cookie, type: string }
+  n: { from: query, type: float }
+  p: { from: path, type: string, pattern: "([0-9]", default: "1" }
+  h: { from: header, type: string, name: Authorization }
+  e: { from: query, type: integer, enum: [1, two] }
+request:
+  soap: { version: "1.3", action: "urn:a", path: "no-slash" }
+  template: ../../etc/passwd
+response:
+  namespaces: { c: "urn:crm" }
+  root: c:Answer
+  fields:
+    name: { select: x:Name, type: string }
+    tier: { select: c:Tier, type: decimal }
+    n: { select: c:N, type: integer, default: "many" }
+faults:
+  - { code: "*", status: 200, problem: Not-A-Code }
+limits: { xml_max_bytes: 0, xml_max_depth: 1000 }
 "#,
     );
-    assert_error(&errors, "routes[0].mediation", &["not supported"]);
-    assert_eq!(errors.len(), 1, "reported:\n{}", render(&errors));
+    let config = format!(
+        r#"
+listeners: [{{ name: public, address: 127.0.0.1:8080 }}]
+admin: {{ address: 127.0.0.1:9090 }}
+upstreams: {{ crm_soap: {{ targets: [127.0.0.1:9] }} }}
+plugins_dir: {}
+routes:
+  - {{ id: a, match: {{ path: "/a/{{id}}" }}, upstream: crm_soap, mediation: broken, timeout_ms: 1000 }}
+  - {{ id: b, match: {{ path: "/b/{{id}}" }}, upstream: crm_soap, mediation: broken, timeout_ms: 1000 }}
+"#,
+        dir.path().display()
+    );
+    let errors = errors_of(&config);
+    let file = folder.join("mediation.yaml").display().to_string();
+    for (path, fragment) in [
+        ("inputs.id.from", "`cookie` is not one of path, query, header, body"),
+        ("inputs.n.type", "`float` is not one of"),
+        ("inputs.p.pattern", "not a valid regular expression"),
+        ("inputs.p", "a path parameter is always present"),
+        ("inputs.h.name", "carries credentials"),
+        ("inputs.e.enum[1]", "is not of type integer"),
+        ("request.soap.version", "`1.3`"),
+        ("request.soap.path", "not an absolute path"),
+        ("request.template", "inside the mediation folder"),
+        ("response.root", "absolute path"),
+        ("response.fields.name.select", "prefix `x` is not declared"),
+        ("response.fields.tier.type", "`decimal`"),
+        ("response.fields.n.default", "is not of type integer"),
+        ("faults[0].status", "200 is not an error status"),
+        ("faults[0].problem", "`Not-A-Code`"),
+        ("limits.xml_max_bytes", "0 is not between"),
+        ("limits.xml_max_depth", "1000 is not between"),
+    ] {
+        let expected = format!("{file}: `{path}`: ");
+        assert!(
+            errors.iter().any(|e| e.path == "routes[0].mediation"
+                && e.message.starts_with(&expected)
+                && e.message.contains(fragment)),
+            "no error `{path}` mentioning {fragment:?}; got:\n{}",
+            render(&errors)
+        );
+    }
+    assert!(errors.iter().all(|e| e.path != "routes[1].mediation"), "a folder's errors are reported once");
+
+    // A template that renders broken XML is caught at start-up, not by the first caller.
+    write(
+        &folder,
+        "mediation.yaml",
+        r#"
+inputs: { id: { from: path, type: string, pattern: "[0-9]+" } }
+request: { soap: { version: "1.1", action: "urn:a", path: /svc }, template: t.xml }
+response: { namespaces: { c: "urn:c" }, root: /c:A, fields: { x: { select: c:X, type: string } } }
+"#,
+    );
+    write(
+        &folder,
+        "t.xml",
+        "<s:Envelope xmlns:s=\"http://schemas.xmlsoap.org/soap/envelope/\"><s:Body>{{ id }}</s:Envelope>",
+    );
+    let errors = errors_of(&config);
+    assert_error(&errors, "routes[0].mediation", &["t.xml", "does not render well-formed XML"]);
+    write(&folder, "t.xml", "<Envelope>{{ idd }}</Envelope>");
+    let errors = errors_of(&config);
+    assert_error(&errors, "routes[0].mediation", &["t.xml", "undefined"]);
 }
 
 #[test]

@@ -48,6 +48,7 @@ pub mod defaults {
     pub const CACHE_MIN_BYTES: u64 = 64 * 1024;
     /// Freshness and stale windows are kept in 32-bit seconds: a year is plenty.
     pub const CACHE_MAX_SECS: u64 = 365 * 24 * 3600;
+    pub const PLUGINS_DIR: &str = "plugins";
 }
 
 /// One problem in a config, located by its YAML path (and line/column where the parser knows it).
@@ -95,6 +96,8 @@ pub struct Config {
     pub routes: Vec<RouteConfig>,
     pub router: Router,
     pub cache_storage: CacheStorageConfig,
+    /// The mediation folders routes name, loaded and compiled; routes refer to them by index.
+    pub mediations: Vec<std::sync::Arc<crate::mediation::Mediation>>,
 }
 
 /// `cache_storage`: the one in-memory store every route's cache shares.
@@ -274,6 +277,8 @@ pub struct RouteConfig {
     /// Degraded answers for backend-side failures (`on_error`).
     pub on_error: Option<crate::degraded::DegradedAnswers>,
     pub cache: Option<RouteCacheConfig>,
+    /// Index into [`Config::mediations`]: the route answers through a mediation.
+    pub mediation: Option<usize>,
 }
 
 /// A route's usage plan: a token bucket of `burst` tokens refilled at `requests_per_sec`.
@@ -431,6 +436,7 @@ fn parse_sections(tree: Value, errors: &mut Vec<ConfigError>) -> Option<schema::
     let token_issuer = optional(sections.remove("token_issuer"), "token_issuer", errors);
     let upstreams = named(sections.remove("upstreams"), "upstreams", errors);
     let cache_storage = optional(sections.remove("cache_storage"), "cache_storage", errors).unwrap_or_default();
+    let plugins_dir = optional(sections.remove("plugins_dir"), "plugins_dir", errors);
     let routes = match sections.remove("routes") {
         Some(v) => list(v, "routes", errors),
         None => Vec::new(),
@@ -447,6 +453,7 @@ fn parse_sections(tree: Value, errors: &mut Vec<ConfigError>) -> Option<schema::
         upstreams,
         routes,
         cache_storage,
+        plugins_dir,
     })
 }
 

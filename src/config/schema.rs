@@ -248,6 +248,7 @@ pub const TOP_LEVEL_KEYS: &[&str] = &[
     "upstreams",
     "routes",
     "cache_storage",
+    "plugins_dir",
 ];
 
 /// The file as parsed section by section: an element that failed to parse is `None`, so the
@@ -265,6 +266,7 @@ pub struct Sections {
     pub upstreams: BTreeMap<String, Option<UpstreamSection>>,
     pub routes: Vec<Option<RouteSection>>,
     pub cache_storage: CacheStorageSection,
+    pub plugins_dir: Option<String>,
 }
 
 /// Kept for the typed whole-file parse that gives the first error its line and column.
@@ -290,4 +292,5 @@ pub struct FileConfig {
     #[serde(default)]
     pub routes: Vec<RouteSection>,
     pub cache_storage: Option<CacheStorageSection>,
+    pub plugins_dir: Option<String>,
 }

@@ -100,6 +100,8 @@ pub(super) fn validate(file: Sections, errors: &mut Vec<ConfigError>) -> Option<
         }
     }
 
+    let (mediations, mediation_names) = mediations(&file, &mut err);
+
     let mut routes = Vec::new();
     let mut ids = HashSet::new();
     // Index of each route in `file.routes`, to name router errors by their YAML path.
@@ -119,6 +121,7 @@ pub(super) fn validate(file: Sections, errors: &mut Vec<ConfigError>) -> Option<
             upstreams: &upstreams,
             allowlists: &allowlists,
             jwt_providers: &jwt_providers,
+            mediations: &mediation_names,
             client_auth: file
                 .listeners
                 .iter()
@@ -179,7 +182,40 @@ pub(super) fn validate(file: Sections, errors: &mut Vec<ConfigError>) -> Option<
         routes,
         router: router?,
         cache_storage,
+        mediations,
     })
+}
+
+/// Loads every mediation folder routes name, once each; a folder's errors are reported at the
+/// first route that names it.
+fn mediations(
+    file: &Sections,
+    err: &mut impl FnMut(String, String),
+) -> (Vec<std::sync::Arc<crate::mediation::Mediation>>, Vec<String>) {
+    let dir = Path::new(file.plugins_dir.as_deref().unwrap_or(defaults::PLUGINS_DIR));
+    let mut loaded = Vec::new();
+    // The name of each `loaded` mediation, same order.
+    let mut names: Vec<String> = Vec::new();
+    let mut failed = HashSet::new();
+    for (i, r) in file.routes.iter().enumerate() {
+        let Some(name) = r.as_ref().and_then(|r| r.mediation.as_ref()) else { continue };
+        if names.contains(name) || failed.contains(name) {
+            continue;
+        }
+        match crate::mediation::load(dir, name) {
+            Ok(mediation) => {
+                loaded.push(std::sync::Arc::new(mediation));
+                names.push(name.clone());
+            }
+            Err(errors) => {
+                failed.insert(name.clone());
+                for e in errors {
+                    err(format!("routes[{i}].mediation"), e.to_string());
+                }
+            }
+        }
+    }
+    (loaded, names)
 }
 
 fn cache_storage(s: &schema::CacheStorageSection, err: &mut impl FnMut(String, String)) -> CacheStorageConfig {
@@ -517,16 +553,40 @@ fn route(
             cache
         }
     };
+    let mediation = match &r.mediation {
+        None => None,
+        Some(name) => {
+            let index = known.mediations.iter().position(|n| n == name);
+            // (A folder that failed to load has its errors reported already.)
+            ok &= index.is_some();
+            if r.upstream_path.is_some() {
+                err(format!("{path}.upstream_path"), "a mediation builds the backend request itself".into());
+                ok = false;
+            }
+            if r.retries.is_some_and(|n| n > 0) {
+                err(
+                    format!("{path}.retries"),
+                    "retries of mediation calls are not supported by this version yet".into(),
+                );
+                ok = false;
+            }
+            if r.cache.is_some() {
+                err(format!("{path}.cache"), "caching mediation answers is not supported by this version yet".into());
+                ok = false;
+            }
+            index
+        }
+    };
     let upstream = match (&r.upstream, &r.mediation) {
-        (_, Some(_)) => {
-            err(format!("{path}.mediation"), "mediations (SOAP/SQL) are not supported by this version yet".into());
+        (None, Some(_)) => {
+            err(format!("{path}.upstream"), "required: a SOAP mediation calls an upstream".into());
             None
         }
         (None, None) => {
             err(path.to_string(), "required: `upstream` (or `mediation`)".into());
             None
         }
-        (Some(name), None) => match upstreams.iter().position(|u| &u.name == name) {
+        (Some(name), _) => match upstreams.iter().position(|u| &u.name == name) {
             Some(i) => Some(i),
             None => {
                 if !file.upstreams.contains_key(name) {
@@ -602,6 +662,7 @@ fn route(
         rate_limit,
         on_error,
         cache,
+        mediation,
     })
 }
 
@@ -704,6 +765,8 @@ struct Known<'a> {
     upstreams: &'a [UpstreamConfig],
     allowlists: &'a [AllowlistConfig],
     jwt_providers: &'a [JwtProviderConfig],
+    /// Names of the loaded mediations, by index (a folder that failed to load is not there).
+    mediations: &'a [String],
     /// Some listener asks for client certificates.
     client_auth: bool,
 }

@@ -3,6 +3,7 @@
 //! `upstream_peer`.
 
 pub mod breaker;
+pub mod client;
 mod deadline;
 pub mod retry_budget;
 mod window;
