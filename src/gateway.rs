@@ -23,6 +23,8 @@ use crate::upstream::Upstream;
 pub struct Gateway {
     pub config: Config,
     pub upstreams: Vec<Upstream>,
+    /// One per `config.databases`, same order: SQL mediations run there.
+    pub databases: Vec<crate::database::Database>,
     /// Calls the gateway makes itself (mediations), with their own connection pool.
     pub upstream_client: crate::upstream::client::UpstreamClient,
     /// One per `config.jwt_providers`, same order.
@@ -136,6 +138,7 @@ impl Gateway {
         let gateway = Gateway {
             cache,
             access_log: config.logging.access_log,
+            databases: config.databases.iter().cloned().map(crate::database::Database::new).collect(),
             config,
             upstreams,
             upstream_client: Default::default(),

@@ -23,6 +23,7 @@ pub mod auth;
 pub mod cache;
 pub mod clock;
 pub mod config;
+pub mod database;
 pub mod degraded;
 pub mod demo;
 pub mod dev_certs;

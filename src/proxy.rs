@@ -45,7 +45,7 @@ use crate::config::RouteConfig;
 use crate::forwarding::{self, Forwarded};
 use crate::gateway::{ActiveRequest, Gateway};
 use crate::mediation::inputs::{self, Inputs, RawRequest};
-use crate::mediation::{self, Call, Mediation};
+use crate::mediation::{self, Backend, Call, Mediation};
 use crate::metrics::{AuthLayer, InflightGuard, UpstreamOutcome, ISSUER_ROUTE, NO_ROUTE};
 use crate::problem::{is_timeout, Problem};
 use crate::request_id;
@@ -365,19 +365,21 @@ impl SeawallProxy {
         ctx.upstream_started = Some(now);
         ctx.upstream_inflight = Some(self.gateway.metrics.inflight(route.upstream));
         let inputs = ctx.inputs.take().unwrap_or_default();
-        let call = Call {
-            upstream,
-            client: &self.gateway.upstream_client,
-            forwarded: Forwarded {
-                original_host: session.req_header().headers.get(http::header::HOST),
-                peer_ip: ctx.peer_ip,
-                request_id: &ctx.request_id,
-                upstream_host: upstream.host_header(),
-                tls: session.digest().is_some_and(|d| d.ssl_digest.is_some()),
+        let backend = match route.database {
+            Some(database) => Backend::Database(&self.gateway.databases[database]),
+            None => Backend::Upstream {
+                upstream,
+                client: &self.gateway.upstream_client,
+                forwarded: Forwarded {
+                    original_host: session.req_header().headers.get(http::header::HOST),
+                    peer_ip: ctx.peer_ip,
+                    request_id: &ctx.request_id,
+                    upstream_host: upstream.host_header(),
+                    tls: session.digest().is_some_and(|d| d.ssl_digest.is_some()),
+                },
             },
-            time_left,
-            idempotent: session.req_header().method.is_idempotent(),
         };
+        let call = Call { backend, time_left, idempotent: session.req_header().method.is_idempotent() };
         let outcome = mediation.run(&inputs, call).await;
         ctx.upstream_status = outcome.backend_status;
         match outcome.result {

@@ -49,6 +49,9 @@ pub mod defaults {
     /// Freshness and stale windows are kept in 32-bit seconds: a year is plenty.
     pub const CACHE_MAX_SECS: u64 = 365 * 24 * 3600;
     pub const PLUGINS_DIR: &str = "plugins";
+    pub const DB_MAX_CONNECTIONS: u32 = 8;
+    pub const DB_ACQUIRE_TIMEOUT_MS: u64 = 500;
+    pub const DB_STATEMENT_TIMEOUT_MS: u64 = 2000;
 }
 
 /// One problem in a config, located by its YAML path (and line/column where the parser knows it).
@@ -96,6 +99,9 @@ pub struct Config {
     pub routes: Vec<RouteConfig>,
     pub router: Router,
     pub cache_storage: CacheStorageConfig,
+    /// SQL backends. Each is also in `upstreams` under its name (with no targets): its breaker
+    /// and metrics are an upstream's.
+    pub databases: Vec<DatabaseConfig>,
     /// The mediation folders routes name, loaded and compiled; routes refer to them by index.
     pub mediations: Vec<std::sync::Arc<crate::mediation::Mediation>>,
 }
@@ -279,6 +285,29 @@ pub struct RouteConfig {
     pub cache: Option<RouteCacheConfig>,
     /// Index into [`Config::mediations`]: the route answers through a mediation.
     pub mediation: Option<usize>,
+    /// Index into [`Config::databases`]: the route's SQL mediation runs there.
+    pub database: Option<usize>,
+}
+
+/// A SQL backend (`databases.NAME`).
+#[derive(Debug, Clone)]
+pub struct DatabaseConfig {
+    pub name: String,
+    /// The sqlx connection URL (it may hold a password: never logged whole).
+    pub url: String,
+    pub driver: Driver,
+    pub max_connections: u32,
+    /// Every pooled connection busy this long: 503 `backend_overloaded`.
+    pub acquire_timeout: Duration,
+    /// Enforced by the database where it can, always by the gateway: 504.
+    pub statement_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Driver {
+    Postgres,
+    MySql,
+    Sqlite,
 }
 
 /// A route's usage plan: a token bucket of `burst` tokens refilled at `requests_per_sec`.
@@ -437,6 +466,7 @@ fn parse_sections(tree: Value, errors: &mut Vec<ConfigError>) -> Option<schema::
     let upstreams = named(sections.remove("upstreams"), "upstreams", errors);
     let cache_storage = optional(sections.remove("cache_storage"), "cache_storage", errors).unwrap_or_default();
     let plugins_dir = optional(sections.remove("plugins_dir"), "plugins_dir", errors);
+    let databases = named(sections.remove("databases"), "databases", errors);
     let routes = match sections.remove("routes") {
         Some(v) => list(v, "routes", errors),
         None => Vec::new(),
@@ -454,6 +484,7 @@ fn parse_sections(tree: Value, errors: &mut Vec<ConfigError>) -> Option<schema::
         routes,
         cache_storage,
         plugins_dir,
+        databases,
     })
 }
 

@@ -139,6 +139,16 @@ pub struct CircuitBreakerSection {
     pub probes: Option<u32>,
 }
 
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseSection {
+    pub url: String,
+    pub max_connections: Option<u32>,
+    pub acquire_timeout_ms: Option<u64>,
+    pub statement_timeout_ms: Option<u64>,
+    pub circuit_breaker: Option<CircuitBreakerSection>,
+}
+
 /// `tls: false` / `tls: true` or a map, which turns TLS on.
 #[derive(Debug, Deserialize)]
 #[serde(untagged)]
@@ -249,6 +259,7 @@ pub const TOP_LEVEL_KEYS: &[&str] = &[
     "routes",
     "cache_storage",
     "plugins_dir",
+    "databases",
 ];
 
 /// The file as parsed section by section: an element that failed to parse is `None`, so the
@@ -267,6 +278,7 @@ pub struct Sections {
     pub routes: Vec<Option<RouteSection>>,
     pub cache_storage: CacheStorageSection,
     pub plugins_dir: Option<String>,
+    pub databases: BTreeMap<String, Option<DatabaseSection>>,
 }
 
 /// Kept for the typed whole-file parse that gives the first error its line and column.
@@ -293,4 +305,6 @@ pub struct FileConfig {
     pub routes: Vec<RouteSection>,
     pub cache_storage: Option<CacheStorageSection>,
     pub plugins_dir: Option<String>,
+    #[serde(default)]
+    pub databases: BTreeMap<String, DatabaseSection>,
 }

@@ -10,9 +10,9 @@ use http::Method;
 use super::schema::{self, Methods, Sections, UpstreamTlsSection};
 use super::{
     defaults, AdminConfig, AllowlistConfig, CacheStorageConfig, CircuitBreakerConfig, ClientAuthConfig, ClientAuthMode,
-    Config, ConfigError, JwtProviderConfig, KeySource, ListenerConfig, ListenerTlsConfig, LogFormat, LoggingSettings,
-    RateLimitConfig, RateLimitKey, RouteAuth, RouteCacheConfig, RouteConfig, ServerSettings, TokenIssuerConfig,
-    UpstreamConfig, UpstreamTls, VaryPart,
+    Config, ConfigError, DatabaseConfig, Driver, JwtProviderConfig, KeySource, ListenerConfig, ListenerTlsConfig,
+    LogFormat, LoggingSettings, RateLimitConfig, RateLimitKey, RouteAuth, RouteCacheConfig, RouteConfig,
+    ServerSettings, TokenIssuerConfig, UpstreamConfig, UpstreamTls, VaryPart,
 };
 use crate::auth::ip::{parse_cidr, read_allowlist_file, CidrSet};
 use crate::auth::jwt::parse_algorithm;
@@ -100,6 +100,28 @@ pub(super) fn validate(file: Sections, errors: &mut Vec<ConfigError>) -> Option<
         }
     }
 
+    let mut databases = Vec::new();
+    for (name, d) in &file.databases {
+        let Some(d) = d else { continue };
+        if file.upstreams.contains_key(name) {
+            err(format!("databases.{name}"), format!("`{name}` is also an upstream: a backend name is used once"));
+            continue;
+        }
+        if let Some((database, circuit_breaker)) = database(name, d, &mut err) {
+            // The database is a backend like an upstream: breaker, metrics, in-flight gauge.
+            upstreams.push(UpstreamConfig {
+                name: name.clone(),
+                targets: Vec::new(),
+                host: String::new(),
+                tls: None,
+                connect_timeout: database.acquire_timeout,
+                max_inflight: 0,
+                circuit_breaker,
+            });
+            databases.push(database);
+        }
+    }
+
     let (mediations, mediation_names) = mediations(&file, &mut err);
 
     let mut routes = Vec::new();
@@ -121,7 +143,9 @@ pub(super) fn validate(file: Sections, errors: &mut Vec<ConfigError>) -> Option<
             upstreams: &upstreams,
             allowlists: &allowlists,
             jwt_providers: &jwt_providers,
-            mediations: &mediation_names,
+            mediations: &mediations,
+            mediation_names: &mediation_names,
+            databases: &databases,
             client_auth: file
                 .listeners
                 .iter()
@@ -182,8 +206,91 @@ pub(super) fn validate(file: Sections, errors: &mut Vec<ConfigError>) -> Option<
         routes,
         router: router?,
         cache_storage,
+        databases,
         mediations,
     })
+}
+
+/// `databases.NAME`: the URL's scheme picks the driver; the URL must parse.
+fn database(
+    name: &str,
+    d: &schema::DatabaseSection,
+    err: &mut impl FnMut(String, String),
+) -> Option<(DatabaseConfig, Option<CircuitBreakerConfig>)> {
+    use std::str::FromStr;
+    let path = format!("databases.{name}");
+    let mut ok = true;
+    if !is_identifier(name) {
+        err(path.clone(), format!("`{name}` is not a valid database name (letters, digits, `_`, `-`, `.`)"));
+        ok = false;
+    }
+    let scheme = d.url.split(':').next().unwrap_or_default().to_ascii_lowercase();
+    let driver = match scheme.as_str() {
+        "postgres" | "postgresql" => Some(Driver::Postgres),
+        "mysql" | "mariadb" => Some(Driver::MySql),
+        "sqlite" => Some(Driver::Sqlite),
+        "sqlserver" | "mssql" | "jdbc" => {
+            err(format!("{path}.url"), "SQL Server is not supported by this version yet".into());
+            None
+        }
+        _ => {
+            err(format!("{path}.url"), "must start with postgres://, mysql://, mariadb:// or sqlite:".into());
+            None
+        }
+    };
+    // The URL may carry a password: errors never quote it.
+    let url = if scheme == "mariadb" { format!("mysql{}", &d.url["mariadb".len()..]) } else { d.url.clone() };
+    let parsed = match driver {
+        Some(Driver::Postgres) => sqlx::postgres::PgConnectOptions::from_str(&url).map(|_| ()),
+        Some(Driver::MySql) => sqlx::mysql::MySqlConnectOptions::from_str(&url).map(|_| ()),
+        Some(Driver::Sqlite) => sqlx::sqlite::SqliteConnectOptions::from_str(&url).map(|_| ()),
+        None => Ok(()),
+    };
+    if let Err(e) = parsed {
+        let reason = e.to_string();
+        let reason = if reason.contains(&d.url) { "not a valid connection URL".to_string() } else { reason };
+        err(format!("{path}.url"), reason);
+        ok = false;
+    }
+    if driver == Some(Driver::Sqlite) {
+        // A database file must exist, unless the URL asks for one to be made or for memory.
+        let file = url.trim_start_matches("sqlite://").trim_start_matches("sqlite:");
+        let (file, query) = file.split_once('?').unwrap_or((file, ""));
+        let creates = query.contains("mode=rwc") || query.contains("mode=memory") || file == ":memory:";
+        if !creates && !Path::new(file).is_file() {
+            err(format!("{path}.url"), format!("SQLite file `{file}` does not exist"));
+            ok = false;
+        }
+    }
+    let max_connections = d.max_connections.unwrap_or(defaults::DB_MAX_CONNECTIONS);
+    if !(1..=1000).contains(&max_connections) {
+        err(format!("{path}.max_connections"), format!("{max_connections} must be between 1 and 1000"));
+        ok = false;
+    }
+    let mut millis = |value: Option<u64>, default: u64, key: &str| {
+        let ms = value.unwrap_or(default);
+        if ms == 0 || ms > defaults::MAX_ROUTE_TIMEOUT_MS {
+            err(format!("{path}.{key}"), format!("{ms} must be between 1 and 60000"));
+            ok = false;
+        }
+        Duration::from_millis(ms)
+    };
+    let acquire_timeout = millis(d.acquire_timeout_ms, defaults::DB_ACQUIRE_TIMEOUT_MS, "acquire_timeout_ms");
+    let statement_timeout = millis(d.statement_timeout_ms, defaults::DB_STATEMENT_TIMEOUT_MS, "statement_timeout_ms");
+    let circuit_breaker = d.circuit_breaker.as_ref().and_then(|b| circuit_breaker(&path, b, err));
+    ok &= d.circuit_breaker.is_none() || circuit_breaker.is_some();
+    if !ok {
+        return None;
+    }
+    let config = DatabaseConfig {
+        name: name.to_string(),
+        url,
+        driver: driver?,
+        max_connections,
+        acquire_timeout,
+        statement_timeout,
+    };
+    Some((config, circuit_breaker))
 }
 
 /// Loads every mediation folder routes name, once each; a folder's errors are reported at the
@@ -383,6 +490,43 @@ fn logging(l: &schema::LoggingSection, err: &mut impl FnMut(String, String)) -> 
     LoggingSettings { level, format, access_log: l.access_log.unwrap_or(true) }
 }
 
+/// `circuit_breaker` of an upstream or a database, under `path`.
+fn circuit_breaker(
+    path: &str,
+    b: &schema::CircuitBreakerSection,
+    err: &mut impl FnMut(String, String),
+) -> Option<CircuitBreakerConfig> {
+    let path = format!("{path}.circuit_breaker");
+    let mut good = true;
+    let mut check = |valid: bool, key: &str, message: String| {
+        if !valid {
+            err(format!("{path}.{key}"), message);
+            good = false;
+        }
+    };
+    check(
+        b.failure_ratio > 0.0 && b.failure_ratio <= 1.0,
+        "failure_ratio",
+        format!("{}: give a share of failed calls above 0 and at most 1 (0.5 is half)", b.failure_ratio),
+    );
+    check(
+        b.min_requests >= 1,
+        "min_requests",
+        "must be at least 1: a single failure would otherwise open the circuit".into(),
+    );
+    check((1..=3600).contains(&b.window_secs), "window_secs", format!("{} must be between 1 and 3600", b.window_secs));
+    check((1..=3600).contains(&b.open_secs), "open_secs", format!("{} must be between 1 and 3600", b.open_secs));
+    let probes = b.probes.unwrap_or(defaults::CIRCUIT_PROBES);
+    check((1..=100).contains(&probes), "probes", format!("{probes} must be between 1 and 100"));
+    good.then_some(CircuitBreakerConfig {
+        failure_ratio: b.failure_ratio,
+        min_requests: b.min_requests,
+        window_secs: b.window_secs,
+        open: Duration::from_secs(b.open_secs),
+        probes,
+    })
+}
+
 fn upstream(name: &str, u: &schema::UpstreamSection, err: &mut impl FnMut(String, String)) -> Option<UpstreamConfig> {
     let path = format!("upstreams.{name}");
     let mut ok = true;
@@ -409,41 +553,7 @@ fn upstream(name: &str, u: &schema::UpstreamSection, err: &mut impl FnMut(String
         err(format!("{path}.connect_timeout_ms"), format!("{connect_ms} must be between 1 and 60000"));
         ok = false;
     }
-    let circuit_breaker = u.circuit_breaker.as_ref().and_then(|b| {
-        let path = format!("{path}.circuit_breaker");
-        let mut good = true;
-        let mut check = |valid: bool, key: &str, message: String| {
-            if !valid {
-                err(format!("{path}.{key}"), message);
-                good = false;
-            }
-        };
-        check(
-            b.failure_ratio > 0.0 && b.failure_ratio <= 1.0,
-            "failure_ratio",
-            format!("{}: give a share of failed calls above 0 and at most 1 (0.5 is half)", b.failure_ratio),
-        );
-        check(
-            b.min_requests >= 1,
-            "min_requests",
-            "must be at least 1: a single failure would otherwise open the circuit".into(),
-        );
-        check(
-            (1..=3600).contains(&b.window_secs),
-            "window_secs",
-            format!("{} must be between 1 and 3600", b.window_secs),
-        );
-        check((1..=3600).contains(&b.open_secs), "open_secs", format!("{} must be between 1 and 3600", b.open_secs));
-        let probes = b.probes.unwrap_or(defaults::CIRCUIT_PROBES);
-        check((1..=100).contains(&probes), "probes", format!("{probes} must be between 1 and 100"));
-        good.then_some(CircuitBreakerConfig {
-            failure_ratio: b.failure_ratio,
-            min_requests: b.min_requests,
-            window_secs: b.window_secs,
-            open: Duration::from_secs(b.open_secs),
-            probes,
-        })
-    });
+    let circuit_breaker = u.circuit_breaker.as_ref().and_then(|b| circuit_breaker(&path, b, err));
     ok &= u.circuit_breaker.is_none() || circuit_breaker.is_some();
     let host = u.targets.first().cloned().unwrap_or_default();
     let tls = match &u.tls {
@@ -556,7 +666,7 @@ fn route(
     let mediation = match &r.mediation {
         None => None,
         Some(name) => {
-            let index = known.mediations.iter().position(|n| n == name);
+            let index = known.mediation_names.iter().position(|n| n == name);
             // (A folder that failed to load has its errors reported already.)
             ok &= index.is_some();
             if r.upstream_path.is_some() {
@@ -577,17 +687,49 @@ fn route(
             index
         }
     };
+    let sql_database = mediation.and_then(|m| known.mediations[m].database_name());
+    let mut database = None;
     let upstream = match (&r.upstream, &r.mediation) {
-        (None, Some(_)) => {
-            err(format!("{path}.upstream"), "required: a SOAP mediation calls an upstream".into());
+        (Some(_), Some(_)) if sql_database.is_some() => {
+            err(format!("{path}.upstream"), "a SQL mediation runs on its `sql.database`, not an upstream".into());
             None
         }
+        (None, Some(_)) => match sql_database {
+            None if mediation.is_none() => None,
+            None => {
+                err(format!("{path}.upstream"), "required: a SOAP mediation calls an upstream".into());
+                None
+            }
+            Some(name) => match known.databases.iter().position(|d| d.name == name) {
+                Some(i) => {
+                    database = Some(i);
+                    upstreams.iter().position(|u| u.name == name)
+                }
+                None => {
+                    if !file.databases.contains_key(name) {
+                        let names: Vec<&str> = file.databases.keys().map(String::as_str).collect();
+                        err(
+                            format!("{path}.mediation"),
+                            format!(
+                                "its `sql.database` `{name}` is not in `databases` (known: {})",
+                                list_or_none(&names)
+                            ),
+                        );
+                    }
+                    None
+                }
+            },
+        },
         (None, None) => {
             err(path.to_string(), "required: `upstream` (or `mediation`)".into());
             None
         }
         (Some(name), _) => match upstreams.iter().position(|u| &u.name == name) {
-            Some(i) => Some(i),
+            Some(i) if file.upstreams.contains_key(name) => Some(i),
+            Some(_) => {
+                err(format!("{path}.upstream"), format!("`{name}` is a database: a SQL mediation runs on it"));
+                None
+            }
             None => {
                 if !file.upstreams.contains_key(name) {
                     let known: Vec<&str> = file.upstreams.keys().map(String::as_str).collect();
@@ -663,6 +805,7 @@ fn route(
         on_error,
         cache,
         mediation,
+        database,
     })
 }
 
@@ -765,8 +908,10 @@ struct Known<'a> {
     upstreams: &'a [UpstreamConfig],
     allowlists: &'a [AllowlistConfig],
     jwt_providers: &'a [JwtProviderConfig],
+    mediations: &'a [std::sync::Arc<crate::mediation::Mediation>],
     /// Names of the loaded mediations, by index (a folder that failed to load is not there).
-    mediations: &'a [String],
+    mediation_names: &'a [String],
+    databases: &'a [DatabaseConfig],
     /// Some listener asks for client certificates.
     client_auth: bool,
 }

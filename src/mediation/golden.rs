@@ -1,8 +1,10 @@
 //! `seawall test plugins/NAME`: a mediation's golden cases, run offline. Each case in
-//! `tests/*.yaml` gives the caller's request, the backend request it must become, the backend's
-//! canned answer, and the JSON (or problem) the caller must get. No network, no gateway: the same
-//! input checks, template and answer mapping the gateway runs. `--update` rewrites the
-//! expectations from what the mediation does now (the file is rewritten: comments are lost).
+//! `tests/*.yaml` gives the caller's request, the backend request it must become (envelope, or
+//! statement and bound parameters), the backend's canned answer (or the rows seeded into an
+//! in-memory SQLite database the statement then runs on), and the JSON (or problem) the caller
+//! must get. No network, no gateway: the same input checks, template, statement and mapping the
+//! gateway runs. `--update` rewrites the expectations from what the mediation does now (the file
+//! is rewritten: comments are lost).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -11,8 +13,13 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use std::time::Duration;
+
 use super::inputs::{self, RawRequest};
+use super::sql::SqlMediation;
 use super::{Mediation, MediationBackend, MEDIATION_FILE};
+use crate::config::{DatabaseConfig, Driver};
+use crate::database::{Database, Param};
 use crate::problem::Problem;
 use crate::routing::PathParams;
 
@@ -50,17 +57,35 @@ pub struct CaseBackend {
     /// The request the backend must receive (absent when the inputs are refused).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request: Option<BackendRequestCase>,
-    /// The backend's canned answer.
+    /// The backend's canned answer (SOAP).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub answer: Option<CannedAnswer>,
+    /// Statements run first on the in-memory SQLite database (SQL): the rows to find.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub seed: Vec<String>,
+}
+
+/// The request a backend must receive: an HTTP request (SOAP) or a statement (SQL).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(untagged)]
+pub enum BackendRequestCase {
+    Http(HttpRequestCase),
+    Sql(SqlRequestCase),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-pub struct BackendRequestCase {
+pub struct HttpRequestCase {
     pub path: String,
     pub headers: BTreeMap<String, String>,
     pub body: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SqlRequestCase {
+    pub query: String,
+    pub params: Vec<Value>,
 }
 
 #[derive(Debug, Deserialize, Serialize)]
@@ -161,7 +186,7 @@ fn run_case(mediation: &Mediation, file: &Path, update: bool) -> Result<CaseResu
     if update && !failures.is_empty() {
         match (&mut case.backend, backend_request) {
             (Some(backend), request) => backend.request = request,
-            (None, Some(request)) => case.backend = Some(CaseBackend { request: Some(request), answer: None }),
+            (None, Some(request)) => case.backend = Some(CaseBackend { request: Some(request), ..Default::default() }),
             (None, None) => {}
         }
         case.expect = actual;
@@ -197,7 +222,10 @@ fn play(mediation: &Mediation, case: &Case) -> Result<(Option<BackendRequestCase
             return Ok((None, problem_answer(&problem)));
         }
     };
-    let MediationBackend::Soap(soap) = &mediation.backend;
+    let soap = match &mediation.backend {
+        MediationBackend::Soap(soap) => soap,
+        MediationBackend::Sql(sql) => return play_sql(sql, case, &inputs),
+    };
     let request = match soap.request(&inputs) {
         Ok(request) => request,
         Err(problem) => return Ok((None, problem_answer(&problem))),
@@ -206,17 +234,55 @@ fn play(mediation: &Mediation, case: &Case) -> Result<(Option<BackendRequestCase
     if let Some(action) = &request.soap_action {
         sent_headers.insert("soapaction".into(), action.clone());
     }
-    let sent = BackendRequestCase {
+    let sent = BackendRequestCase::Http(HttpRequestCase {
         path: request.path.clone(),
         headers: sent_headers,
         body: String::from_utf8_lossy(&request.body).into_owned(),
-    };
+    });
     let answer = case
         .backend
         .as_ref()
         .and_then(|b| b.answer.as_ref())
         .ok_or("`backend.answer` is required: the backend's canned answer (status, body)")?;
     let actual = match soap.answer(answer.status, answer.body.as_bytes()) {
+        Ok(value) => Expected { status: 200, body: value },
+        Err(problem) => problem_answer(&problem),
+    };
+    Ok((Some(sent), actual))
+}
+
+/// A SQL case: the statement runs on an in-memory SQLite database seeded by `backend.seed`.
+fn play_sql(
+    sql: &SqlMediation,
+    case: &Case,
+    inputs: &super::inputs::Inputs,
+) -> Result<(Option<BackendRequestCase>, Expected), String> {
+    let params = sql.params(inputs);
+    let sent = BackendRequestCase::Sql(SqlRequestCase {
+        query: sql.statement.clone(),
+        params: params.iter().map(Param::to_json).collect(),
+    });
+    let seed = case.backend.as_ref().map(|b| b.seed.as_slice()).unwrap_or_default();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start a runtime: {e}"))?;
+    let rows = runtime.block_on(async {
+        let database = Database::new(DatabaseConfig {
+            name: "golden".into(),
+            url: "sqlite::memory:".into(),
+            driver: Driver::Sqlite,
+            // One connection: an in-memory database lives in its connection.
+            max_connections: 1,
+            acquire_timeout: Duration::from_secs(5),
+            statement_timeout: Duration::from_secs(5),
+        });
+        for (i, statement) in seed.iter().enumerate() {
+            database.execute(statement).await.map_err(|e| format!("`backend.seed[{i}]`: {e}"))?;
+        }
+        Ok::<_, String>(database.fetch(&sql.statement, &params, sql.rows_to_fetch(), Duration::from_secs(10)).await)
+    })?;
+    let actual = match rows.and_then(|rows| sql.answer(rows)) {
         Ok(value) => Expected { status: 200, body: value },
         Err(problem) => problem_answer(&problem),
     };

@@ -55,7 +55,11 @@ impl InputType {
         match self {
             InputType::String => Some(Value::String(raw.to_string())),
             InputType::Integer => raw.trim().parse::<i64>().ok().map(Value::from),
-            InputType::Number => raw.trim().parse::<f64>().ok().and_then(Number::from_f64).map(Value::Number),
+            // Integral numbers stay integers (`10`, not `10.0`).
+            InputType::Number => match raw.trim().parse::<i64>() {
+                Ok(i) => Some(Value::from(i)),
+                Err(_) => raw.trim().parse::<f64>().ok().and_then(Number::from_f64).map(Value::Number),
+            },
             InputType::Boolean => match raw.trim() {
                 "true" => Some(Value::Bool(true)),
                 "false" => Some(Value::Bool(false)),

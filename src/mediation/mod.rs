@@ -1,6 +1,6 @@
 //! Mediations: a route that answers through a folder under `plugins/` instead of passing the
 //! request through. The caller sends REST (path and query parameters, headers, a flat JSON body)
-//! and gets flat JSON; the backend gets what it speaks (SOAP/XML).
+//! and gets flat JSON; the backend gets what it speaks (SOAP/XML, or SQL on a database).
 //!
 //! A folder is loaded and compiled once, at start-up, with the rest of the config ([`load`]);
 //! every error names its file and YAML path. At run time [`Mediation::inputs`] are read
@@ -12,6 +12,7 @@ pub mod inputs;
 pub mod mapping;
 pub mod soap;
 mod spec;
+pub mod sql;
 pub mod xml;
 
 use std::collections::BTreeMap;
@@ -26,8 +27,10 @@ use serde_json::Value;
 use inputs::{InputSpec, InputType, Inputs, Source, DEFAULT_MAX_LENGTH};
 use mapping::{Field, ResponseMapping};
 use soap::{FaultRule, SoapMediation, SoapVersion};
+use sql::{Shape, SqlMediation};
 use xml::{Selector, XmlLimits};
 
+use crate::database::Database;
 use crate::forwarding::{self, Forwarded};
 use crate::problem::Problem;
 use crate::upstream::client::UpstreamClient;
@@ -57,14 +60,25 @@ pub struct Mediation {
 #[derive(Debug)]
 pub enum MediationBackend {
     /// Calls the route's upstream with a SOAP envelope.
-    Soap(SoapMediation),
+    Soap(Box<SoapMediation>),
+    /// Runs one parameterized statement on a database.
+    Sql(SqlMediation),
+}
+
+/// Where a mediation's call goes.
+pub enum Backend<'a> {
+    /// An HTTP upstream (SOAP), through the gateway's own client.
+    Upstream {
+        upstream: &'a Upstream,
+        client: &'a UpstreamClient,
+        forwarded: Forwarded<'a>,
+    },
+    Database(&'a Database),
 }
 
 /// What a mediation's backend call takes from the gateway and the request.
 pub struct Call<'a> {
-    pub upstream: &'a Upstream,
-    pub client: &'a UpstreamClient,
-    pub forwarded: Forwarded<'a>,
+    pub backend: Backend<'a>,
     /// What is left of the route deadline.
     pub time_left: Duration,
     /// The caller's method is idempotent (a lookup): a stale pooled connection may be retried.
@@ -80,26 +94,48 @@ pub struct Outcome {
 }
 
 impl Mediation {
+    /// The database a SQL mediation runs on.
+    pub fn database_name(&self) -> Option<&str> {
+        match &self.backend {
+            MediationBackend::Sql(sql) => Some(&sql.database),
+            MediationBackend::Soap(_) => None,
+        }
+    }
+
     /// Builds the backend request from `inputs`, calls the backend, maps its answer.
     pub async fn run(&self, inputs: &Inputs, call: Call<'_>) -> Outcome {
-        let MediationBackend::Soap(soap) = &self.backend;
         let failed = |problem| Outcome { result: Err(problem), backend_status: None };
-        let request = match soap.request(inputs) {
-            Ok(request) => request,
-            Err(problem) => return failed(problem),
-        };
-        let header = match soap_header(&request, &call.forwarded) {
-            Ok(header) => header,
-            Err(e) => return failed(Problem::Internal { reason: e.to_string() }),
-        };
-        let peer = call.upstream.peer(call.time_left);
-        let answer =
-            call.client.call(&peer, header, request.body, soap.limits.max_bytes, call.time_left, call.idempotent).await;
-        match answer {
-            Ok(answer) => {
-                Outcome { result: soap.answer(answer.status, &answer.body), backend_status: Some(answer.status) }
+        match (&self.backend, call.backend) {
+            (MediationBackend::Soap(soap), Backend::Upstream { upstream, client, forwarded }) => {
+                let request = match soap.request(inputs) {
+                    Ok(request) => request,
+                    Err(problem) => return failed(problem),
+                };
+                let header = match soap_header(&request, &forwarded) {
+                    Ok(header) => header,
+                    Err(e) => return failed(Problem::Internal { reason: e.to_string() }),
+                };
+                let peer = upstream.peer(call.time_left);
+                let max_answer = soap.limits.max_bytes;
+                let answer =
+                    client.call(&peer, header, request.body, max_answer, call.time_left, call.idempotent).await;
+                match answer {
+                    Ok(answer) => Outcome {
+                        result: soap.answer(answer.status, &answer.body),
+                        backend_status: Some(answer.status),
+                    },
+                    Err(problem) => failed(problem),
+                }
             }
-            Err(problem) => failed(problem),
+            (MediationBackend::Sql(sql), Backend::Database(database)) => {
+                let params = sql.params(inputs);
+                match database.fetch(&sql.statement, &params, sql.rows_to_fetch(), call.time_left).await {
+                    // The database answered: for the outcome, as an HTTP backend's 200.
+                    Ok(rows) => Outcome { result: sql.answer(rows), backend_status: Some(200) },
+                    Err(problem) => failed(problem),
+                }
+            }
+            _ => failed(Problem::Internal { reason: format!("mediation `{}` given the wrong backend", self.name) }),
         }
     }
 }
@@ -171,11 +207,10 @@ pub fn load(plugins_dir: &Path, name: &str) -> Result<Mediation, Vec<MediationEr
             err("".into(), "required: `request` (a SOAP call) or `sql` (a statement)".into());
             None
         }
-        (None, Some(_)) => {
-            err("sql".into(), "SQL mediations are not supported by this version yet".into());
-            None
+        (None, Some(section)) => sql_mediation(section, &inputs, &mut err).map(MediationBackend::Sql),
+        (Some(request), None) => {
+            soap_mediation(&dir, request, &parsed, &inputs, &mut err).map(|s| MediationBackend::Soap(Box::new(s)))
         }
-        (Some(request), None) => soap_mediation(&dir, request, &parsed, &inputs, &mut err).map(MediationBackend::Soap),
     };
     if parsed.request.is_none() && (parsed.response.is_some() || !parsed.faults.is_empty()) {
         err("response".into(), "`response` and `faults` belong to a SOAP mediation (`request`)".into());
@@ -403,6 +438,62 @@ fn soap_mediation(
         return None;
     }
     Some(soap)
+}
+
+fn sql_mediation(
+    s: &spec::SqlSection,
+    inputs: &[InputSpec],
+    err: &mut impl FnMut(String, String),
+) -> Option<SqlMediation> {
+    let mut ok = true;
+    if s.query.trim().is_empty() {
+        err("sql.query".into(), "required: the one statement this mediation runs".into());
+        ok = false;
+    } else if !sql::is_single_statement(&s.query) {
+        err("sql.query".into(), "one statement only: nothing may follow a `;`".into());
+        ok = false;
+    }
+    for (i, name) in s.params.iter().enumerate() {
+        if !inputs.iter().any(|input| &input.name == name) {
+            err(format!("sql.params[{i}]"), format!("`{name}` is not a declared input"));
+            ok = false;
+        }
+    }
+    let shape = match s.shape.as_deref().unwrap_or("object") {
+        "object" => Shape::Object,
+        "array" => Shape::Array,
+        other => {
+            err("sql.shape".into(), format!("`{other}` is not `object` (first row) or `array`"));
+            ok = false;
+            Shape::Object
+        }
+    };
+    let default_rows = if shape == Shape::Object { 1 } else { sql::DEFAULT_MAX_ROWS };
+    let max_rows = s.max_rows.unwrap_or(default_rows);
+    if max_rows == 0 || max_rows > sql::MAX_ROWS_LIMIT {
+        err("sql.max_rows".into(), format!("{max_rows} is not between 1 and {}", sql::MAX_ROWS_LIMIT));
+        ok = false;
+    }
+    let mut columns = BTreeMap::new();
+    for (column, ty) in &s.columns {
+        match InputType::parse(ty) {
+            Some(ty) => {
+                columns.insert(column.clone(), ty);
+            }
+            None => {
+                err(format!("sql.columns.{column}"), format!("`{ty}` is not one of string, integer, number, boolean"));
+                ok = false;
+            }
+        }
+    }
+    ok.then(|| SqlMediation {
+        database: s.database.clone(),
+        statement: s.query.clone(),
+        params: s.params.clone(),
+        shape,
+        max_rows,
+        columns,
+    })
 }
 
 fn response_mapping(r: &spec::ResponseSection, err: &mut impl FnMut(String, String)) -> Option<ResponseMapping> {

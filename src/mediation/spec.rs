@@ -91,7 +91,6 @@ pub struct LimitsSection {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-#[allow(dead_code)] // read once SQL mediations land
 pub struct SqlSection {
     pub database: String,
     pub query: String,

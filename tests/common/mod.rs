@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod certs;
+pub mod databases;
 pub mod tls_client;
 
 use std::collections::HashMap;
