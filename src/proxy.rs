@@ -380,7 +380,7 @@ impl SeawallProxy {
             },
         };
         let call = Call { backend, time_left, idempotent: session.req_header().method.is_idempotent() };
-        let outcome = mediation.run(&inputs, call).await;
+        let outcome = mediation.run(inputs, call).await;
         ctx.upstream_status = outcome.backend_status;
         match outcome.result {
             Ok(value) => {

@@ -91,7 +91,7 @@ fn json(body: &str) -> serde_json::Value {
 async fn a_rest_lookup_becomes_a_soap_call_and_its_answer_flat_json() {
     let backend = Backend::start(|r: &Received| {
         // Three accounts for customer 3, one for anyone else; the CRM picks its own prefix.
-        let three = String::from_utf8_lossy(&r.body).contains(">3<");
+        let three = String::from_utf8_lossy(&r.body).contains(">0000000003<");
         let accounts = if three {
             "<x:Account><x:Number>A1</x:Number></x:Account><x:Account><x:Number>A2</x:Number></x:Account><x:Account><x:Number>A3</x:Number></x:Account>"
         } else {
@@ -105,7 +105,8 @@ async fn a_rest_lookup_becomes_a_soap_call_and_its_answer_flat_json() {
 
     let (status, body) = get(&gw, "/customers/42?channel=chat").await;
     assert_eq!(status, 200, "{body}");
-    assert_eq!(json(&body), serde_json::json!({"name": "Ada", "tier": 2, "vip": true, "accounts": ["A1"]}));
+    let expected = serde_json::json!({"name": "Ada", "tier": 2, "tierName": "silver", "vip": true, "accounts": ["A1"]});
+    assert_eq!(json(&body), expected, "mapped, then shaped by the script's `after`");
     let (status, body) = get(&gw, "/customers/3").await;
     assert_eq!(status, 200);
     assert_eq!(json(&body)["accounts"], serde_json::json!(["A1", "A2", "A3"]), "an array for one or many");
@@ -117,7 +118,7 @@ async fn a_rest_lookup_becomes_a_soap_call_and_its_answer_flat_json() {
     assert_eq!(sent.header("content-type"), Some("text/xml; charset=utf-8"));
     assert!(sent.header("x-request-id").is_some());
     let envelope = String::from_utf8_lossy(&sent.body);
-    assert!(envelope.contains("<crm:CustomerId>42</crm:CustomerId>"), "{envelope}");
+    assert!(envelope.contains("<crm:CustomerId>0000000042</crm:CustomerId>"), "padded by `before`: {envelope}");
     assert!(envelope.contains("<crm:Channel>chat</crm:Channel>"), "{envelope}");
 
     let metrics = gw.metrics().await;
@@ -132,7 +133,8 @@ async fn two_prefixes_for_one_namespace_give_the_same_json() {
         let gw = shipped(&backend, "");
         let (status, body) = get(&gw, "/customers/42").await;
         assert_eq!(status, 200);
-        assert_eq!(json(&body), serde_json::json!({"name": "Ada", "tier": 0, "vip": false, "accounts": []}));
+        let expected = serde_json::json!({"name": "Ada", "tier": 0, "tierName": "none", "vip": false, "accounts": []});
+        assert_eq!(json(&body), expected);
     }
     // A default namespace instead of a prefix.
     let body = format!(
@@ -341,4 +343,46 @@ routes:
     let (status, body) = get(&gw, "/customers/42").await;
     assert_eq!((status, problem_code(&body).as_str()), (503, "circuit_open"));
     assert_eq!(backend.received().len(), 4, "the open circuit kept the fifth call away");
+}
+
+#[tokio::test]
+async fn a_script_over_its_budget_is_500_and_the_next_request_is_fine() {
+    let backend = answering(
+        200,
+        format!(r#"<e:Envelope xmlns:e="{SOAP12}"><e:Body><n:NoteResponse xmlns:n="urn:notes"><n:Saved>true</n:Saved></n:NoteResponse></e:Body></e:Envelope>"#),
+    )
+    .await;
+    let mut files = echo_plugin();
+    files[0].1.push_str("script: hooks.lua\n");
+    files.push((
+        "hooks.lua",
+        r#"
+function before(inputs)
+  if inputs.note == "spin" then while true do end end
+  if inputs.note == "fail" then error("refused by the script") end
+  return inputs
+end
+function after(answer, inputs)
+  answer.note = string.upper(inputs.note)
+  return answer
+end
+"#
+        .to_string(),
+    ));
+    let (gw, _dir) = with_plugin(&backend, &files, ECHO_ROUTE);
+    let client = reqwest::Client::new();
+    for note in ["spin", "fail"] {
+        let started = std::time::Instant::now();
+        let response =
+            client.post(gw.url("/notes")).body(format!(r#"{{"note": "{note}", "id": 1}}"#)).send().await.unwrap();
+        assert_eq!(response.status(), 500, "{note}");
+        let body = response.text().await.unwrap();
+        assert_eq!(problem_code(&body), "script_error");
+        assert!(!body.contains("refused by the script"), "the reason goes to the log");
+        assert!(started.elapsed() < Duration::from_secs(2), "{note}: stopped by its budget");
+    }
+    assert!(backend.received().is_empty(), "`before` failed: the backend was never called");
+    let response = client.post(gw.url("/notes")).body(r#"{"note": "hello", "id": 1}"#).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(json(&response.text().await.unwrap()), serde_json::json!({"saved": true, "note": "HELLO"}));
 }

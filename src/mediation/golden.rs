@@ -222,11 +222,31 @@ fn play(mediation: &Mediation, case: &Case) -> Result<(Option<BackendRequestCase
             return Ok((None, problem_answer(&problem)));
         }
     };
+    let inputs = match mediation.script.as_ref().map(|s| s.before(inputs.clone())).unwrap_or(Ok(inputs)) {
+        Ok(inputs) => inputs,
+        Err(problem) => return Ok((None, problem_answer(&problem))),
+    };
+    let (sent, mut actual) = play_backend(mediation, case, &inputs)?;
+    if let (Some(script), 200) = (&mediation.script, actual.status) {
+        actual = match script.after(std::mem::take(&mut actual.body), &inputs) {
+            Ok(body) => Expected { status: 200, body },
+            Err(problem) => problem_answer(&problem),
+        };
+    }
+    Ok((sent, actual))
+}
+
+/// The backend request the (hooked) inputs become, and the mapped answer.
+fn play_backend(
+    mediation: &Mediation,
+    case: &Case,
+    inputs: &super::inputs::Inputs,
+) -> Result<(Option<BackendRequestCase>, Expected), String> {
     let soap = match &mediation.backend {
         MediationBackend::Soap(soap) => soap,
-        MediationBackend::Sql(sql) => return play_sql(sql, case, &inputs),
+        MediationBackend::Sql(sql) => return play_sql(sql, case, inputs),
     };
-    let request = match soap.request(&inputs) {
+    let request = match soap.request(inputs) {
         Ok(request) => request,
         Err(problem) => return Ok((None, problem_answer(&problem))),
     };

@@ -10,6 +10,7 @@
 pub mod golden;
 pub mod inputs;
 pub mod mapping;
+pub mod script;
 pub mod soap;
 mod spec;
 pub mod sql;
@@ -55,6 +56,8 @@ pub struct Mediation {
     /// Some input comes from the body: the gateway reads it (up to the route's `max_body_bytes`).
     pub reads_body: bool,
     pub backend: MediationBackend,
+    /// Lua hooks before the backend call and after the answer is mapped.
+    pub script: Option<script::Script>,
 }
 
 #[derive(Debug)]
@@ -102,8 +105,21 @@ impl Mediation {
         }
     }
 
+    /// `before` hook, backend call, `after` hook.
+    pub async fn run(&self, inputs: Inputs, call: Call<'_>) -> Outcome {
+        let inputs = match self.script.as_ref().map(|s| s.before(inputs.clone())).unwrap_or(Ok(inputs)) {
+            Ok(inputs) => inputs,
+            Err(problem) => return Outcome { result: Err(problem), backend_status: None },
+        };
+        let mut outcome = self.call(&inputs, call).await;
+        if let (Some(script), Ok(answer)) = (&self.script, &mut outcome.result) {
+            outcome.result = script.after(std::mem::take(answer), &inputs);
+        }
+        outcome
+    }
+
     /// Builds the backend request from `inputs`, calls the backend, maps its answer.
-    pub async fn run(&self, inputs: &Inputs, call: Call<'_>) -> Outcome {
+    async fn call(&self, inputs: &Inputs, call: Call<'_>) -> Outcome {
         let failed = |problem| Outcome { result: Err(problem), backend_status: None };
         match (&self.backend, call.backend) {
             (MediationBackend::Soap(soap), Backend::Upstream { upstream, client, forwarded }) => {
@@ -195,9 +211,18 @@ pub fn load(plugins_dir: &Path, name: &str) -> Result<Mediation, Vec<MediationEr
     let mut err = |path: String, message: String| errors.push(at(&path, message));
     let inputs = input_specs(&parsed.inputs, &mut err);
     let reads_body = inputs.iter().any(|i| i.source == Source::Body);
-    if parsed.script.is_some() {
-        err("script".into(), "mediation scripts are not supported by this version yet".into());
-    }
+    let script = match &parsed.script {
+        None => None,
+        Some(file) => match read_in_folder(&dir, file, MAX_TEMPLATE_BYTES)
+            .and_then(|source| script::Script::compile(&dir.join(file), source))
+        {
+            Ok(script) => Some(script),
+            Err(e) => {
+                err("script".into(), e);
+                None
+            }
+        },
+    };
     let backend = match (&parsed.request, &parsed.sql) {
         (Some(_), Some(_)) => {
             err("sql".into(), "a mediation has either `request` (SOAP) or `sql`, not both".into());
@@ -217,7 +242,7 @@ pub fn load(plugins_dir: &Path, name: &str) -> Result<Mediation, Vec<MediationEr
     }
     match backend {
         Some(backend) if errors.is_empty() => {
-            Ok(Mediation { name: name.to_string(), dir, inputs, reads_body, backend })
+            Ok(Mediation { name: name.to_string(), dir, inputs, reads_body, backend, script })
         }
         _ => Err(errors),
     }
