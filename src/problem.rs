@@ -88,6 +88,7 @@ impl Problem {
             Problem::UpstreamUnavailable { .. } => (502, "upstream_unavailable", "Upstream unavailable", true),
             Problem::UpstreamTimeout => (504, "upstream_timeout", "Upstream did not respond in time", true),
             Problem::UpstreamBadAnswer { .. } => (502, "upstream_bad_answer", "Upstream answer not understood", true),
+            Problem::Mapped { status, code: "not_found", .. } => (*status, "not_found", "Not found", false),
             Problem::Mapped { status, code, .. } => (*status, *code, "Backend answered with a fault", *status >= 500),
             Problem::InvalidInput { .. } => (400, "invalid_input", "Invalid input", false),
             Problem::ScriptError { .. } => (500, "script_error", "Mediation script failed", false),

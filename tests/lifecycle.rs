@@ -218,6 +218,26 @@ async fn the_demo_routes_a_lookup_and_times_out_the_hanging_one() {
     let purged = client.delete(format!("http://127.0.0.1:{admin}/cache/cached_lookup")).send().await.unwrap();
     assert_eq!(purged.text().await.unwrap(), r#"{"purged":2,"route":"cached_lookup"}"#);
 
+    // The mediations the demo prints: SOAP to the CRM (a customer, the CRM's fault for an unknown
+    // one), SQL on the demo's SQLite database.
+    let get_json = |path: &str| {
+        let (client, url) = (client.clone(), format!("http://127.0.0.1:{port}{path}"));
+        async move {
+            let resp = client.get(url).send().await.unwrap();
+            (resp.status().as_u16(), resp.json::<serde_json::Value>().await.unwrap())
+        }
+    };
+    let (status, customer) = get_json("/customers/42").await;
+    assert_eq!(status, 200, "{customer}");
+    assert!(customer["name"].is_string() && customer["accounts"].is_array() && customer["tierName"].is_string());
+    assert_eq!(get_json("/customers/9001").await.1["code"], "not_found");
+    let (status, balance) = get_json("/accounts/1001/balance").await;
+    assert_eq!(
+        (status, balance),
+        (200, serde_json::json!({"balance": 1234.56, "currency": "USD", "updated_at": "2026-11-30T08:00:00Z"}))
+    );
+    assert_eq!(get_json("/accounts/4242/balance").await.0, 404);
+
     // The OAuth2 flow the demo prints: 401 without a token, a token from the built-in issuer, 200.
     let secure = format!("http://127.0.0.1:{port}/secure/accounts/1001");
     assert_eq!(client.get(&secure).send().await.unwrap().status(), 401);

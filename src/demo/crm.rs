@@ -1,6 +1,8 @@
 //! The demo's simulated legacy CRM: a few ms per lookup, slower beyond its capacity, one
 //! account that hangs, and a count of the queries it served (so the demo can show what reached
-//! the backend). Served by a Pingora service on its own loopback port.
+//! the backend). It also speaks SOAP 1.1 (`POST /CustomerService.svc`, `GetCustomer`, with a
+//! Client fault for customers it does not know), for the demo's SOAP mediation. Served by a
+//! Pingora service on its own loopback port.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -19,6 +21,10 @@ const OVERLOAD_PENALTY: Duration = Duration::from_millis(25);
 pub const HANGING_ACCOUNT: &str = "hang";
 const HANG: Duration = Duration::from_secs(120);
 const MAX_NOTE_BYTES: usize = 64 * 1024;
+/// The SOAP service's path, and the first customer id it does not know.
+pub const SOAP_PATH: &str = "/CustomerService.svc";
+pub const FIRST_UNKNOWN_CUSTOMER: u64 = 9000;
+const SOAP_ENVELOPE: &str = "http://schemas.xmlsoap.org/soap/envelope/";
 
 #[derive(Default)]
 pub struct CrmStats {
@@ -61,6 +67,55 @@ fn account(id: &str) -> serde_json::Value {
     })
 }
 
+fn xml(status: StatusCode, body: String) -> Response<Vec<u8>> {
+    let body = body.into_bytes();
+    Response::builder()
+        .status(status)
+        .header("content-type", "text/xml; charset=utf-8")
+        .header("content-length", body.len())
+        .body(body)
+        .unwrap_or_default()
+}
+
+fn soap_fault(code: &str, reason: &str) -> Response<Vec<u8>> {
+    xml(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        format!(
+            r#"<?xml version="1.0" encoding="utf-8"?><soap:Envelope xmlns:soap="{SOAP_ENVELOPE}"><soap:Body><soap:Fault><faultcode>soap:{code}</faultcode><faultstring>{reason}</faultstring></soap:Fault></soap:Body></soap:Envelope>"#
+        ),
+    )
+}
+
+/// `GetCustomer`: the customer id read from the envelope (by namespace, as any SOAP service),
+/// a made-up customer with one to three accounts, or a Client fault.
+fn get_customer(envelope: &[u8]) -> Response<Vec<u8>> {
+    use crate::mediation::xml::{Document, Selector, XmlLimits};
+    let limits = XmlLimits { max_bytes: MAX_NOTE_BYTES, max_depth: 16 };
+    let namespaces = [("s".to_string(), SOAP_ENVELOPE.to_string()), ("c".to_string(), "urn:crm".to_string())];
+    let id = Document::parse(envelope, limits).ok().and_then(|doc| {
+        let selector = Selector::parse("s:Envelope/s:Body/c:GetCustomer/c:CustomerId", &namespaces.into()).ok()?;
+        doc.select(Document::ROOT, &selector).first().and_then(|id| id.parse::<u64>().ok())
+    });
+    let Some(id) = id else {
+        return soap_fault("Client.BadRequest", "GetCustomer needs a numeric CustomerId");
+    };
+    if id >= FIRST_UNKNOWN_CUSTOMER {
+        return soap_fault("Client.NotFound", &format!("Customer {id} not found"));
+    }
+    let customer = account(&id.to_string());
+    let accounts: String =
+        (0..1 + id % 3).map(|n| format!("<Account><Number>ACC-{}</Number></Account>", id * 10 + n)).collect();
+    xml(
+        StatusCode::OK,
+        format!(
+            r#"<?xml version="1.0" encoding="utf-8"?><soap:Envelope xmlns:soap="{SOAP_ENVELOPE}"><soap:Body><GetCustomerResponse xmlns="urn:crm"><Customer vip="{}"><Name>{}</Name><Tier>{}</Tier><Accounts>{accounts}</Accounts></Customer></GetCustomerResponse></soap:Body></soap:Envelope>"#,
+            id % 5 == 0,
+            customer["name"].as_str().unwrap_or_default(),
+            customer["tier"],
+        ),
+    )
+}
+
 #[async_trait]
 impl ServeHttp for SimulatedCrm {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
@@ -74,6 +129,18 @@ impl ServeHttp for SimulatedCrm {
                     "inflight": self.stats.inflight.load(Ordering::Relaxed),
                 }),
             );
+        }
+        if path == SOAP_PATH {
+            self.stats.queries.fetch_add(1, Ordering::Relaxed);
+            let mut body = Vec::new();
+            while let Ok(Some(chunk)) = session.read_request_body().await {
+                if body.len() + chunk.len() > MAX_NOTE_BYTES {
+                    return soap_fault("Client.TooLarge", "envelope too large");
+                }
+                body.extend_from_slice(&chunk);
+            }
+            tokio::time::sleep(Duration::from_millis(3 + fastrand::u64(..5))).await;
+            return get_customer(&body);
         }
         if path.starts_with("/crm/ledger/") {
             // The ledger database is down: every call fails, as a sick backend does.

@@ -1,7 +1,8 @@
 //! `seawall demo`: the embedded default. Starts on loopback the gateway (conf/demo.yaml,
 //! embedded in the binary) with a plain and an mTLS listener, its admin listener and a simulated
 //! legacy CRM on its own port, then prints ready-to-paste `curl` lines. Its keys and
-//! certificates are made fresh at each start in a private temp directory.
+//! certificates are made fresh at each start in a private temp directory, with the shipped
+//! mediation folders (embedded too) and a SQLite database of accounts for them.
 
 pub mod crm;
 
@@ -16,6 +17,23 @@ use crate::Built;
 
 /// The demo's config, as shipped in `conf/demo.yaml`.
 pub const DEMO_CONFIG: &str = include_str!("../../conf/demo.yaml");
+
+/// The shipped mediation folders the demo routes use, as in `plugins/`.
+const DEMO_PLUGINS: [(&str, &str); 4] = [
+    ("crm-customer/mediation.yaml", include_str!("../../plugins/crm-customer/mediation.yaml")),
+    ("crm-customer/request.xml.j2", include_str!("../../plugins/crm-customer/request.xml.j2")),
+    ("crm-customer/script.lua", include_str!("../../plugins/crm-customer/script.lua")),
+    ("account-balance/mediation.yaml", include_str!("../../plugins/account-balance/mediation.yaml")),
+];
+
+/// The demo database's accounts (for `plugins/account-balance`).
+const DEMO_DATABASE: &str = "
+CREATE TABLE accounts (id TEXT PRIMARY KEY, balance NUMERIC NOT NULL, currency TEXT NOT NULL, updated_at TEXT);
+INSERT INTO accounts VALUES
+  ('1001', 1234.56, 'USD', '2026-11-30T08:00:00Z'),
+  ('1002', 87.10, 'USD', '2026-11-29T17:45:00Z'),
+  ('1003', 0, 'EUR', NULL),
+  ('ACC-1001', 1234.56, 'USD', '2026-11-30T08:00:00Z');";
 
 pub struct DemoPorts {
     pub port: u16,
@@ -38,6 +56,8 @@ impl EnvLookup for DemoEnv {
             "SEAWALL_DEMO_MTLS_PORT" => Some(self.ports.mtls_port.to_string()),
             "SEAWALL_DEMO_CRM" => Some(self.crm.to_string()),
             "SEAWALL_DEMO_CERTS" => Some(self.material.display().to_string()),
+            "SEAWALL_DEMO_PLUGINS" => Some(self.material.join("plugins").display().to_string()),
+            "SEAWALL_DEMO_DB" => Some(format!("sqlite://{}", self.material.join("crm.db").display())),
             other => ProcessEnv.get(other),
         }
     }
@@ -71,6 +91,12 @@ fn demo_material() -> Result<PathBuf, String> {
     let dir = std::env::temp_dir().join(format!("seawall-demo-{}", std::process::id()));
     // The private keys stay readable by this user only.
     std::fs::DirBuilder::new().recursive(true).mode(0o700).create(&dir).map_err(|e| e.to_string())?;
+    for (file, text) in DEMO_PLUGINS {
+        let path = dir.join("plugins").join(file);
+        std::fs::create_dir_all(path.parent().unwrap_or(&dir)).map_err(|e| e.to_string())?;
+        std::fs::write(&path, text).map_err(|e| e.to_string())?;
+    }
+    demo_database(&dir.join("crm.db"))?;
     let issuer = dev_certs::signing_key().map_err(|e| e.to_string())?;
     let private = issuer.private_key_to_pem_pkcs8().map_err(|e| e.to_string())?;
     dev_certs::write_private(&dir.join("issuer-es256.pem"), &private).map_err(|e| e.to_string())?;
@@ -89,6 +115,21 @@ fn demo_material() -> Result<PathBuf, String> {
         issued.write(&dir, name).map_err(|e| e.to_string())?;
     }
     Ok(dir)
+}
+
+/// A fresh SQLite database of accounts (made before the gateway's runtimes start).
+fn demo_database(file: &Path) -> Result<(), String> {
+    use sqlx::Connection;
+    let _ = std::fs::remove_file(file);
+    let url = format!("sqlite://{}?mode=rwc", file.display());
+    let runtime = tokio::runtime::Builder::new_current_thread().build().map_err(|e| e.to_string())?;
+    runtime
+        .block_on(async {
+            let mut conn = sqlx::SqliteConnection::connect(&url).await?;
+            sqlx::raw_sql(DEMO_DATABASE).execute(&mut conn).await?;
+            conn.close().await
+        })
+        .map_err(|e| format!("cannot make the demo database: {e}"))
 }
 
 fn free_loopback_port() -> std::io::Result<SocketAddr> {
@@ -134,11 +175,23 @@ pub fn instructions(ports: &DemoPorts, crm: SocketAddr, material: &Path) -> Stri
          for i in 1 2 3; do curl -s -o /dev/null -w '%{{http_code}} ' {gw}/limited/accounts/1001; done; echo\n  \
          for i in 1 2 3 4; do curl -s -o /dev/null -w '%{{http_code}} ' {gw}/balance/1001; done; echo\n  \
          curl -s {gw}/ivr/balance/1001; echo\n\
+         \n  # the backend's own language: GET /customers/{{id}} becomes a SOAP GetCustomer call to the\n  \
+         # CRM (plugins/crm-customer) and its XML flat JSON; an unknown customer ({}+) is the CRM's\n  \
+         # Client fault, mapped to 404; SQL in an id is refused before anything is called\n  \
+         curl -s {gw}/customers/42; echo\n  \
+         curl -i {gw}/customers/9001\n  \
+         curl -i '{gw}/customers/1%20OR%201=1'\n\
+         \n  # and SQL: GET /accounts/{{id}}/balance runs one bound statement on the demo's SQLite\n  \
+         # database (plugins/account-balance); no row is 404. Their golden cases run offline with\n  \
+         # `seawall test plugins/`\n  \
+         curl -s {gw}/accounts/1001/balance; echo\n  \
+         curl -i {gw}/accounts/4242/balance\n\
          \n  # what the CRM has served, and the gateway's metrics\n  \
          curl -s http://{crm}/crm/stats; echo\n  \
          curl -s {admin}/metrics | grep ^seawall_\n\
          \nCtrl-C stops it.\n",
         crm::CAPACITY,
         crm::HANGING_ACCOUNT,
+        crm::FIRST_UNKNOWN_CUSTOMER,
     )
 }
