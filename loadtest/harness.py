@@ -36,6 +36,9 @@ LOAD_CORE = "1"
 SMALL_JSON = '{"accountId":"1001","name":"Grace Hopper","balance":"2071.71","currency":"USD"}'
 
 
+SOAP_PATH = "/CustomerService.svc"
+
+
 @dataclass
 class Scenario:
     """One load shape. Adding a scenario is adding one of these to SCENARIOS."""
@@ -57,6 +60,8 @@ class Scenario:
     new_connection: bool = False
     # Answers are expected to be refusals (429 from a usage plan): non-2xx are not errors.
     refused: bool = False
+    # The backend location it reaches when that is not `path` ("": none, a SQL lookup).
+    backend_path: str = None
 
 
 SCENARIOS = [
@@ -81,7 +86,65 @@ SCENARIOS = [
              listener="mtls"),
     Scenario("mtls_handshake", "HTTPS + client certificate, full handshake per request, 50 connections", "/small",
              listener="mtls", new_connection=True),
+    # Mediations (Seawall only): what turning REST into the backend's language costs, against
+    # `small` (a plain proxy hop to the same backend) in the same run.
+    Scenario("soap_mediation", "GET -> SOAP 1.1 envelope -> XML answer mapped to JSON, 50 connections",
+             "/customers/42", peers=("seawall",), backend_path=SOAP_PATH),
+    Scenario("soap_script", "the same SOAP mediation with Lua before/after hooks, 50 connections",
+             "/scripted/customers/42", peers=("seawall",), backend_path=SOAP_PATH),
+    Scenario("sql_lookup", "GET -> one bound SELECT on SQLite -> JSON (no HTTP backend), 50 connections",
+             "/balance/ACC-1001", peers=("seawall",), backend_path=""),
 ]
+
+# The mediation scenarios' pieces.
+SOAP_ANSWER = ('<?xml version="1.0" encoding="utf-8"?><s:Envelope xmlns:s="http://schemas.xmlsoap.org/soap/envelope/">'
+               '<s:Body><GetCustomerResponse xmlns="urn:crm"><Customer vip="true"><Name>Ada Lovelace</Name>'
+               '<Tier>2</Tier><Accounts><Account><Number>ACC-1001</Number></Account><Account><Number>ACC-1002'
+               '</Number></Account></Accounts></Customer></GetCustomerResponse></s:Body></s:Envelope>')
+SOAP_MEDIATION = """
+inputs:
+  customerId: { from: path, type: string, pattern: "[0-9]{1,10}" }
+  channel: { from: query, type: string, enum: [voice, chat], default: voice }
+request:
+  soap: { version: "1.1", action: "urn:crm/GetCustomer", path: /CustomerService.svc }
+  template: request.xml.j2
+response:
+  namespaces: { s: "http://schemas.xmlsoap.org/soap/envelope/", c: "urn:crm" }
+  root: /s:Envelope/s:Body/c:GetCustomerResponse
+  fields:
+    name: { select: c:Customer/c:Name, type: string }
+    tier: { select: c:Customer/c:Tier, type: integer, default: 0 }
+    vip: { select: c:Customer/@vip, type: boolean, default: false }
+    accounts: { select: c:Customer/c:Accounts/c:Account/c:Number, type: string, array: true }
+faults:
+  - { code: "*Client*", status: 404, problem: not_found }
+"""
+SOAP_TEMPLATE = """<?xml version="1.0" encoding="utf-8"?>
+<soap:Envelope xmlns:soap="http://schemas.xmlsoap.org/soap/envelope/" xmlns:crm="urn:crm">
+  <soap:Body><crm:GetCustomer><crm:CustomerId>{{ customerId }}</crm:CustomerId><crm:Channel>{{ channel }}</crm:Channel></crm:GetCustomer></soap:Body>
+</soap:Envelope>
+"""
+SOAP_SCRIPT = """
+function before(inputs)
+  inputs.customerId = string.format("%010d", math.tointeger(tonumber(inputs.customerId)))
+  return inputs
+end
+local TIER_NAMES = { [0] = "none", [1] = "bronze", [2] = "silver", [3] = "gold" }
+function after(answer, inputs)
+  answer.tierName = TIER_NAMES[answer.tier] or "unknown"
+  return answer
+end
+"""
+SQL_MEDIATION = """
+inputs:
+  accountId: { from: path, type: string, pattern: "[A-Z0-9-]{4,20}" }
+sql:
+  database: crm_db
+  query: "SELECT balance, currency, updated_at FROM accounts WHERE id = $1"
+  params: [accountId]
+  shape: object
+  columns: { balance: number }
+"""
 
 JWT_ISSUER = "https://idp.loadtest"
 JWT_AUDIENCE = "api://ivr-data-dips"
@@ -190,6 +253,7 @@ http {{
         location = /secure {{ return 200 '{SMALL_JSON}'; }}
         location = /limited {{ return 200 '{SMALL_JSON}'; }}
         location = /cached {{ add_header Cache-Control "max-age=3600"; return 200 '{SMALL_JSON}'; }}
+        location = {SOAP_PATH} {{ default_type "text/xml; charset=utf-8"; return 200 '{SOAP_ANSWER}'; }}
         location = /backend_status {{ stub_status; }}
         location / {{ return 404; }}
     }}
@@ -377,7 +441,24 @@ upstreams:
     targets: ["127.0.0.1:{backend_port}"]
   slow:
     targets: ["127.0.0.1:{slow_port or backend_port}"]
+plugins_dir: "{workdir}/plugins"
+databases:
+  crm_db: {{ url: "sqlite://{workdir}/crm.db", max_connections: 4 }}
 routes:
+  - id: customer
+    match: {{ method: GET, path: "/customers/{{customerId}}" }}
+    upstream: backend
+    mediation: customer
+    timeout_ms: 10000
+  - id: scripted
+    match: {{ method: GET, path: "/scripted/customers/{{customerId}}" }}
+    upstream: backend
+    mediation: scripted
+    timeout_ms: 10000
+  - id: balance
+    match: {{ method: GET, path: "/balance/{{accountId}}" }}
+    mediation: balance
+    timeout_ms: 10000
   - id: cached
     match: {{ method: GET, path: "/cached" }}
     upstream: backend
@@ -414,6 +495,33 @@ routes:
     timeout_ms: 10000
     max_body_bytes: 65536
 """
+
+
+def make_mediations(workdir):
+    """The mediation folders and the SQLite database the Seawall config names."""
+    import sqlite3
+    plugins = os.path.join(workdir, "plugins")
+    files = {
+        "customer/mediation.yaml": SOAP_MEDIATION,
+        "customer/request.xml.j2": SOAP_TEMPLATE,
+        "scripted/mediation.yaml": SOAP_MEDIATION + "script: hooks.lua\n",
+        "scripted/request.xml.j2": SOAP_TEMPLATE,
+        "scripted/hooks.lua": SOAP_SCRIPT,
+        "balance/mediation.yaml": SQL_MEDIATION,
+    }
+    for name, text in files.items():
+        path = os.path.join(plugins, name)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "w") as f:
+            f.write(text)
+    db = os.path.join(workdir, "crm.db")
+    if os.path.exists(db):
+        os.remove(db)
+    with sqlite3.connect(db) as conn:
+        conn.execute("CREATE TABLE accounts (id TEXT PRIMARY KEY, balance NUMERIC NOT NULL, currency TEXT NOT NULL, "
+                     "updated_at TEXT)")
+        conn.executemany("INSERT INTO accounts VALUES (?, ?, ?, ?)",
+                         [(f"ACC-{1000 + i}", 12.5 * i, "USD", "2026-11-30T08:00:00Z") for i in range(1, 1001)])
 
 
 def b64url(data):
@@ -864,6 +972,22 @@ def table(results, scenarios, peers, title):
     return "\n".join(lines)
 
 
+def mediation_table(results, scenarios):
+    """What a mediation adds to Seawall's CPU per request, against its own plain proxy hop
+    (`small`, the same backend and answer size class) in the same run."""
+    plain = results.get("small", {}).get("seawall")
+    rows = [s for s in scenarios if s.backend_path is not None and "seawall" in results.get(s.name, {})]
+    if not plain or not rows:
+        return ""
+    base = plain["cpu_us_per_request"]["median"]
+    lines = ["| mediation | Seawall CPU µs/request | added vs the plain proxy hop (small) | added / plain hop |",
+             "|---|---|---|---|"]
+    for s in rows:
+        cpu = results[s.name]["seawall"]["cpu_us_per_request"]["median"]
+        lines.append(f"| {s.name} | {cpu:.1f} | {cpu - base:+.1f} | {ratio(cpu - base, base):.2f}× |")
+    return "\n".join(lines)
+
+
 def herd_table(herd):
     """Backend queries per peer for a herd on a cold key, every round."""
     lines = ["Thundering herd: each connection sends one GET for the same cold key, all at once; the "
@@ -996,6 +1120,7 @@ def main(argv=None):
     os.chmod(os.path.join(workdir, "16k.json"), 0o644)
     token = make_jwt(workdir)
     make_tls_material(workdir)
+    make_mediations(workdir)
     backend_port = free_port()
     with open(os.path.join(workdir, "backend.conf"), "w") as f:
         f.write(backend_nginx_conf(backend_port, workdir))
@@ -1117,6 +1242,10 @@ def write_report(report, scenarios, peers, out, smoke):
     for tag, t in report["tables"].items():
         parts.append(table(t["scenarios"], scenarios, peers, titles[tag]))
         parts.append("")
+        mediations = mediation_table(t["scenarios"], scenarios)
+        if mediations:
+            parts.append(mediations)
+            parts.append("")
         if t.get("latency"):
             parts.append(latency_table(t["latency"], peers))
             parts.append("")

@@ -108,14 +108,16 @@ impl Problem {
     /// The backend failed, or its breaker or bulkhead refused the call for its sake: what a
     /// stale cache entry may answer instead.
     pub fn is_backend_failure(&self) -> bool {
-        matches!(
-            self,
+        match self {
             Problem::UpstreamTimeout
-                | Problem::UpstreamUnavailable { .. }
-                | Problem::UpstreamBadAnswer { .. }
-                | Problem::CircuitOpen { .. }
-                | Problem::BackendOverloaded
-        )
+            | Problem::UpstreamUnavailable { .. }
+            | Problem::UpstreamBadAnswer { .. }
+            | Problem::CircuitOpen { .. }
+            | Problem::BackendOverloaded => true,
+            // A backend's fault about itself (a SOAP Server fault), not about the request.
+            Problem::Mapped { status, .. } => *status >= 500,
+            _ => false,
+        }
     }
 
     /// The problem+json answer: header (with `X-Request-Id`) and body.

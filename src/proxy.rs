@@ -354,10 +354,16 @@ impl SeawallProxy {
         Ok(())
     }
 
-    /// A mediation route's backend call (admitted by `proxy_upstream_filter`) and its answer:
-    /// the mapped JSON, or a problem (mapped fault, bad answer, timeout), degraded if the route
-    /// says so.
-    async fn mediate(&self, session: &mut Session, ctx: &mut RequestCtx, route: &RouteConfig, mediation: &Mediation) {
+    /// A mediation route's backend call (admitted by `proxy_upstream_filter`): the mapped JSON
+    /// answer, stored as this request's cache fill on a cached route, or the problem (mapped
+    /// fault, bad answer, timeout) for the caller to answer.
+    async fn mediate(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        route: &RouteConfig,
+        mediation: &Mediation,
+    ) -> std::result::Result<(ResponseHeader, Bytes), Problem> {
         let now = Instant::now();
         let time_left = ctx.deadline.map_or(route.timeout, |d| d.remaining(now));
         let upstream = &self.gateway.upstreams[route.upstream];
@@ -382,30 +388,19 @@ impl SeawallProxy {
         let call = Call { backend, time_left, idempotent: session.req_header().method.is_idempotent() };
         let outcome = mediation.run(inputs, call).await;
         ctx.upstream_status = outcome.backend_status;
-        match outcome.result {
-            Ok(value) => {
-                let body = mediation::json_body(&value);
-                let header = (|| {
-                    let mut header = ResponseHeader::build(200, Some(3))?;
-                    header.insert_header("content-type", "application/json")?;
-                    header.insert_header("content-length", body.len().to_string())?;
-                    header.insert_header("x-request-id", ctx.request_id.clone())?;
-                    Ok::<_, Box<Error>>(header)
-                })();
-                match header {
-                    Ok(header) => write_answer(session, ctx, header, body).await,
-                    Err(e) => {
-                        let problem = Problem::Internal { reason: e.to_string() };
-                        self.respond(session, ctx, &problem).await;
-                        ctx.problem = Some(problem);
-                    }
-                }
+        let body = mediation::json_body(&outcome.result?);
+        let mut header = mediation::json_header(body.len()).map_err(|e| Problem::Internal { reason: e.to_string() })?;
+        if let (true, Some(config)) = (ctx.cache_enabled, &route.cache) {
+            if !cache::fill(&mut session.cache, config, &header, body.clone()).await {
+                session.cache.disable(NoCacheReason::OriginNotCache);
             }
-            Err(problem) => {
-                self.respond(session, ctx, &problem).await;
-                ctx.problem = Some(problem);
-            }
+            let status = cache::cache_status(&session.cache);
+            header.insert_header("cache-status", status).map_err(|e| Problem::Internal { reason: e.to_string() })?;
         }
+        header
+            .insert_header("x-request-id", ctx.request_id.clone())
+            .map_err(|e| Problem::Internal { reason: e.to_string() })?;
+        Ok((header, body))
     }
 
     /// Route match and every check that needs no I/O, cheapest refusal first: path, route,
@@ -592,9 +587,20 @@ impl ProxyHttp for SeawallProxy {
         let problem = match (refusal, route.mediation) {
             (Ok(()), None) => return Ok(true),
             (Ok(()), Some(index)) => {
-                // The gateway makes the backend call itself and answers.
-                self.mediate(session, ctx, route, &self.gateway.config.mediations[index]).await;
-                return Ok(false);
+                // The gateway makes the backend call itself and answers (`Ok(false)`: Pingora
+                // proxies nothing), unless a backend failure has a stale entry to answer with.
+                match self.mediate(session, ctx, route, &self.gateway.config.mediations[index]).await {
+                    Ok((header, body)) => {
+                        write_answer(session, ctx, header, body).await;
+                        return Ok(false);
+                    }
+                    Err(problem) if problem.is_backend_failure() && session.cache.can_serve_stale_error() => problem,
+                    Err(problem) => {
+                        self.respond(session, ctx, &problem).await;
+                        ctx.problem = Some(problem);
+                        return Ok(false);
+                    }
+                }
             }
             (Err(problem), _) => problem,
         };

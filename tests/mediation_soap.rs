@@ -386,3 +386,57 @@ end
     assert_eq!(response.status(), 200);
     assert_eq!(json(&response.text().await.unwrap()), serde_json::json!({"saved": true, "note": "HELLO"}));
 }
+
+#[tokio::test]
+async fn mediated_answers_are_cached_a_herd_costs_one_call_and_stale_covers_failures() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let failing = Arc::new(AtomicBool::new(false));
+    let flag = failing.clone();
+    let backend = Backend::start(move |_| {
+        let fail = flag.load(Ordering::SeqCst);
+        Box::pin(async move {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            if fail {
+                xml(500, fault11("Server"))
+            } else {
+                xml(200, customer_answer("c", "><c:Name>Ada</c:Name>"))
+            }
+        })
+    })
+    .await;
+    let gw = shipped(
+        &backend,
+        ", cache: { ttl_secs: 10, vary: [path.customerId], stale_if_error_secs: 300, origin_cache_control: ignore }",
+    );
+    let herd: Vec<_> = (0..100)
+        .map(|_| {
+            let url = gw.url("/customers/42");
+            tokio::spawn(async move {
+                let response = reqwest::get(url).await.unwrap();
+                let status = response.headers()["cache-status"].to_str().unwrap().to_string();
+                (response.status().as_u16(), status, response.text().await.unwrap())
+            })
+        })
+        .collect();
+    for request in herd {
+        let (status, cache_status, body) = request.await.unwrap();
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(json(&body)["name"], "Ada");
+        assert!(cache_status == "seawall; fwd=miss; stored" || cache_status.contains("hit"), "{cache_status}");
+    }
+    assert_eq!(backend.received().len(), 1, "a herd of 100 cost the SOAP service one call");
+
+    let response = reqwest::get(gw.url("/customers/7")).await.unwrap();
+    assert_eq!(response.headers()["cache-status"], "seawall; fwd=miss; stored", "another key, another entry");
+    assert_eq!(backend.received().len(), 2);
+
+    // Expired, and the CRM now faults: the stale entry answers.
+    failing.store(true, Ordering::SeqCst);
+    gw.gateway.clock.advance(Duration::from_secs(11));
+    let response = reqwest::get(gw.url("/customers/42")).await.unwrap();
+    assert_eq!(response.status(), 200);
+    let cache_status = response.headers()["cache-status"].to_str().unwrap().to_string();
+    assert!(cache_status.contains("detail=stale-if-error"), "{cache_status}");
+    assert_eq!(json(&response.text().await.unwrap())["name"], "Ada");
+}

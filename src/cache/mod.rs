@@ -13,6 +13,8 @@ pub mod store;
 
 use std::time::{Duration, SystemTime};
 
+use bytes::Bytes;
+
 use pingora_cache::cache_control::{CacheControl, InterpretCacheControl};
 use pingora_cache::filters::calculate_expires_header_time;
 use pingora_cache::key::CacheKey;
@@ -92,6 +94,30 @@ pub fn cache_status(cache: &HttpCache) -> String {
         CachePhase::Miss if cache.enabled() => "seawall; fwd=miss; stored".into(),
         _ => "seawall; fwd=miss".into(),
     }
+}
+
+/// Stores an answer the gateway made itself (a mediation's) as this request's fill, as Pingora
+/// stores a proxied one, and releases the key's waiters to it. `false`: not stored (the answer
+/// is not cacheable, or the request is not the key's writer).
+pub async fn fill(cache: &mut HttpCache, config: &RouteCacheConfig, header: &ResponseHeader, body: Bytes) -> bool {
+    if !matches!(cache.phase(), CachePhase::Miss | CachePhase::Stale | CachePhase::Expired) {
+        return false;
+    }
+    if cache.max_file_size_bytes().is_some_and(|max| body.len() > max) {
+        return false;
+    }
+    let RespCacheable::Cacheable(meta) = cacheability(config, header) else {
+        return false;
+    };
+    cache.set_cache_meta(meta);
+    if cache.set_miss_handler().await.is_err() {
+        return false;
+    }
+    let written = match cache.miss_handler() {
+        Some(handler) => handler.write_body(body, true).await.is_ok(),
+        None => false,
+    };
+    written && cache.finish_miss_handler().await.is_ok()
 }
 
 /// The shared cache: its store, its lock and the object size bound.

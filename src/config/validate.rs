@@ -680,10 +680,6 @@ fn route(
                 );
                 ok = false;
             }
-            if r.cache.is_some() {
-                err(format!("{path}.cache"), "caching mediation answers is not supported by this version yet".into());
-                ok = false;
-            }
             index
         }
     };

@@ -350,7 +350,7 @@ mod tests {
         let folder = dir.path().join("crm-customer");
         let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("plugins/crm-customer");
         std::fs::create_dir_all(folder.join(CASES_DIR)).unwrap();
-        for file in [MEDIATION_FILE, "request.xml.j2"] {
+        for file in [MEDIATION_FILE, "request.xml.j2", "script.lua"] {
             std::fs::copy(shipped.join(file), folder.join(file)).unwrap();
         }
         let case = folder.join(CASES_DIR).join("found.yaml");
@@ -378,7 +378,7 @@ expect: { status: 200, body: { name: Bob } }
         let results = run_folder(&folder, false).unwrap();
         assert!(results[0].failures.is_empty(), "{:?}", results[0].failures);
         let rewritten = std::fs::read_to_string(&case).unwrap();
-        assert!(rewritten.contains("<crm:CustomerId>42</crm:CustomerId>") && rewritten.contains("name: Ada"));
+        assert!(rewritten.contains("<crm:CustomerId>0000000042</crm:CustomerId>") && rewritten.contains("name: Ada"));
     }
 
     #[test]
@@ -388,7 +388,7 @@ expect: { status: 200, body: { name: Bob } }
         let folder = dir.path().join("crm-customer");
         let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("plugins/crm-customer");
         std::fs::create_dir_all(&folder).unwrap();
-        for file in [MEDIATION_FILE, "request.xml.j2"] {
+        for file in [MEDIATION_FILE, "request.xml.j2", "script.lua"] {
             std::fs::copy(shipped.join(file), folder.join(file)).unwrap();
         }
         assert!(run_folder(&folder, false).unwrap_err()[0].contains("cannot read"));

@@ -173,6 +173,14 @@ pub fn json_body(value: &Value) -> Bytes {
     Bytes::from(serde_json::to_vec(value).unwrap_or_default())
 }
 
+/// The header of a mapped answer of `length` bytes.
+pub fn json_header(length: usize) -> pingora::Result<pingora_http::ResponseHeader> {
+    let mut header = pingora_http::ResponseHeader::build(200, Some(4))?;
+    header.insert_header(http::header::CONTENT_TYPE, "application/json")?;
+    header.insert_header(http::header::CONTENT_LENGTH, length.to_string())?;
+    Ok(header)
+}
+
 /// One problem in a mediation folder: the file, the YAML path inside it, and what is wrong.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MediationError {
