@@ -101,50 +101,8 @@ SOAP_ANSWER = ('<?xml version="1.0" encoding="utf-8"?><s:Envelope xmlns:s="http:
                '<s:Body><GetCustomerResponse xmlns="urn:crm"><Customer vip="true"><Name>Ada Lovelace</Name>'
                '<Tier>2</Tier><Accounts><Account><Number>ACC-1001</Number></Account><Account><Number>ACC-1002'
                '</Number></Account></Accounts></Customer></GetCustomerResponse></s:Body></s:Envelope>')
-SOAP_MEDIATION = """
-inputs:
-  customerId: { from: path, type: string, pattern: "[0-9]{1,10}" }
-  channel: { from: query, type: string, enum: [voice, chat], default: voice }
-request:
-  soap: { version: "1.1", action: "urn:crm/GetCustomer", path: /CustomerService.svc }
-  template: request.xml.j2
-response:
-  namespaces: { s: "http://schemas.xmlsoap.org/soap/envelope/", c: "urn:crm" }
-  root: /s:Envelope/s:Body/c:GetCustomerResponse
-  fields:
-    name: { select: c:Customer/c:Name, type: string }
-    tier: { select: c:Customer/c:Tier, type: integer, default: 0 }
-    vip: { select: c:Customer/@vip, type: boolean, default: false }
-    accounts: { select: c:Customer/c:Accounts/c:Account/c:Number, type: string, array: true }
-faults:
-  - { code: "*Client*", status: 404, problem: not_found }
-"""
-SOAP_TEMPLATE = """<?xml version="1.0" encoding="utf-8"?>
-<soap:Envelope xmlns:soap="http://schemas.xmlsoap.org/soap/envelope/" xmlns:crm="urn:crm">
-  <soap:Body><crm:GetCustomer><crm:CustomerId>{{ customerId }}</crm:CustomerId><crm:Channel>{{ channel }}</crm:Channel></crm:GetCustomer></soap:Body>
-</soap:Envelope>
-"""
-SOAP_SCRIPT = """
-function before(inputs)
-  inputs.customerId = string.format("%010d", math.tointeger(tonumber(inputs.customerId)))
-  return inputs
-end
-local TIER_NAMES = { [0] = "none", [1] = "bronze", [2] = "silver", [3] = "gold" }
-function after(answer, inputs)
-  answer.tierName = TIER_NAMES[answer.tier] or "unknown"
-  return answer
-end
-"""
-SQL_MEDIATION = """
-inputs:
-  accountId: { from: path, type: string, pattern: "[A-Z0-9-]{4,20}" }
-sql:
-  database: crm_db
-  query: "SELECT balance, currency, updated_at FROM accounts WHERE id = $1"
-  params: [accountId]
-  shape: object
-  columns: { balance: number }
-"""
+# The shipped mediations (plugins/ in the repository) are what the scenarios measure.
+PLUGINS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "plugins")
 
 JWT_ISSUER = "https://idp.loadtest"
 JWT_AUDIENCE = "api://ivr-data-dips"
@@ -498,22 +456,24 @@ routes:
 
 
 def make_mediations(workdir):
-    """The mediation folders and the SQLite database the Seawall config names."""
+    """The mediation folders the Seawall config names (the shipped ones: `customer` without its
+    Lua script, `scripted` with it, `balance`) and the SQLite database of accounts."""
     import sqlite3
     plugins = os.path.join(workdir, "plugins")
-    files = {
-        "customer/mediation.yaml": SOAP_MEDIATION,
-        "customer/request.xml.j2": SOAP_TEMPLATE,
-        "scripted/mediation.yaml": SOAP_MEDIATION + "script: hooks.lua\n",
-        "scripted/request.xml.j2": SOAP_TEMPLATE,
-        "scripted/hooks.lua": SOAP_SCRIPT,
-        "balance/mediation.yaml": SQL_MEDIATION,
+    shipped = {
+        "customer": ("crm-customer", ["mediation.yaml", "request.xml.j2"]),
+        "scripted": ("crm-customer", ["mediation.yaml", "request.xml.j2", "script.lua"]),
+        "balance": ("account-balance", ["mediation.yaml"]),
     }
-    for name, text in files.items():
-        path = os.path.join(plugins, name)
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        with open(path, "w") as f:
-            f.write(text)
+    for name, (source, files) in shipped.items():
+        os.makedirs(os.path.join(plugins, name), exist_ok=True)
+        for file in files:
+            with open(os.path.join(PLUGINS_DIR, source, file)) as f:
+                text = f.read()
+            if name == "customer" and file == "mediation.yaml":
+                text = "\n".join(line for line in text.splitlines() if not line.startswith("script:")) + "\n"
+            with open(os.path.join(plugins, name, file), "w") as f:
+                f.write(text)
     db = os.path.join(workdir, "crm.db")
     if os.path.exists(db):
         os.remove(db)

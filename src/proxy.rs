@@ -3,12 +3,13 @@
 //! Phase map (see pingora-proxy/src/proxy_trait.rs for each phase's contract):
 //! - `request_filter`: request id, route match (404/405/400), deadline, client IP and allowlist
 //!   (403), bearer token (401) and scopes (403), declared body size (413), `client` and `ip`
-//!   usage plans (429).
+//!   usage plans (429); a mediation route's declared inputs (400 `invalid_input`).
 //! - `request_cache_filter` / `cache_key_callback`: GET and HEAD on a cached route use the cache,
 //!   keyed after auth (route, method, `vary` parts, principal).
 //! - `proxy_upstream_filter`: after a miss (at once on uncached routes), what guards the
 //!   backend: the deadline (504), the `route` usage plan (429), breaker and bulkhead (503, or a
-//!   stale entry).
+//!   stale entry). A mediation route's backend call (SOAP or SQL) is made and answered here:
+//!   Pingora proxies nothing for it.
 //! - `response_cache_filter` / `should_serve_stale`: what is stored; stale entries for
 //!   revalidation and backend failures.
 //! - `upstream_peer`: next target; every timeout capped by what is left of the deadline.
