@@ -371,6 +371,32 @@ routes:
 }
 
 #[test]
+fn database_settings_are_checked_with_their_paths() {
+    let errors = errors_of(
+        r#"
+listeners: [{ name: public, address: 127.0.0.1:8080 }]
+admin: { address: 127.0.0.1:9090 }
+upstreams: { crm: { targets: [127.0.0.1:9] } }
+databases:
+  legacy: { url: "sqlserver://crm.internal:1433;database=crm" }
+  odd: { url: "oracle://crm.internal/crm" }
+  crm: { url: "postgres://crm.internal/crm" }
+  missing: { url: "sqlite://no/such/file.db" }
+  pg: { url: "postgres://app:s3cret@crm.internal:notaport/crm", max_connections: 0, acquire_timeout_ms: 0,
+        statement_timeout_ms: 70000 }
+"#,
+    );
+    assert_error(&errors, "databases.legacy.url", &["SQL Server is not supported by this version yet"]);
+    assert_error(&errors, "databases.odd.url", &["postgres://", "mysql://", "sqlite:"]);
+    assert_error(&errors, "databases.crm", &["also an upstream"]);
+    assert_error(&errors, "databases.missing.url", &["does not exist"]);
+    assert_error(&errors, "databases.pg.max_connections", &["between 1 and 1000"]);
+    assert_error(&errors, "databases.pg.acquire_timeout_ms", &["between 1 and 60000"]);
+    assert_error(&errors, "databases.pg.statement_timeout_ms", &["between 1 and 60000"]);
+    assert!(!render(&errors).contains("s3cret"), "a URL's password is never quoted:\n{}", render(&errors));
+}
+
+#[test]
 fn every_error_in_a_mediation_folder_is_reported_with_its_file_and_path() {
     let dir = tempfile::tempdir().unwrap();
     let folder = dir.path().join("broken");

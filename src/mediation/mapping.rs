@@ -10,6 +10,34 @@ use super::xml::{Document, Name, NodeId, Selector};
 
 /// The largest answer a data action reads (Genesys' limit).
 pub const MAX_OUTPUT_BYTES: usize = 2 * 1024 * 1024;
+/// The deepest JSON a data action's output contract may describe.
+pub const MAX_OUTPUT_DEPTH: usize = 50;
+
+/// Whether an answer fits what a data action can read: an object, nested at most
+/// [`MAX_OUTPUT_DEPTH`] deep, no array directly inside an array, at most [`MAX_OUTPUT_BYTES`].
+/// (Declared mappings fit by construction; a script's `after` may not.)
+pub fn check_genesys_limits(value: &Value) -> Result<(), String> {
+    fn walk(value: &Value, depth: usize, in_array: bool) -> Result<(), String> {
+        if depth > MAX_OUTPUT_DEPTH {
+            return Err(format!("nested deeper than {MAX_OUTPUT_DEPTH}"));
+        }
+        match value {
+            Value::Array(_) if in_array => Err("an array inside an array (data actions cannot map it)".into()),
+            Value::Array(items) => items.iter().try_for_each(|v| walk(v, depth + 1, true)),
+            Value::Object(map) => map.values().try_for_each(|v| walk(v, depth + 1, false)),
+            _ => Ok(()),
+        }
+    }
+    if !value.is_object() {
+        return Err("not a JSON object".into());
+    }
+    walk(value, 1, false)?;
+    let size = serde_json::to_vec(value).map_or(0, |v| v.len());
+    if size > MAX_OUTPUT_BYTES {
+        return Err(format!("{size} bytes, over {MAX_OUTPUT_BYTES}"));
+    }
+    Ok(())
+}
 
 #[derive(Debug, Clone)]
 pub struct Field {
@@ -143,6 +171,20 @@ mod tests {
             three.unwrap(),
             serde_json::json!({"name": "Ada", "tier": 3, "vip": true, "accounts": ["A1", "A2", "A3"]})
         );
+    }
+
+    #[test]
+    fn answers_stay_within_what_a_data_action_reads() {
+        assert!(check_genesys_limits(&serde_json::json!({"a": [1, 2], "b": {"c": [{"d": 1}]}})).is_ok());
+        assert!(check_genesys_limits(&serde_json::json!({"a": [[1]]})).unwrap_err().contains("array inside"));
+        assert!(check_genesys_limits(&serde_json::json!([1])).is_err());
+        let mut deep = serde_json::json!(1);
+        for _ in 0..60 {
+            deep = serde_json::json!({ "x": deep });
+        }
+        assert!(check_genesys_limits(&deep).unwrap_err().contains("deeper"));
+        let big = serde_json::json!({"x": "y".repeat(MAX_OUTPUT_BYTES)});
+        assert!(check_genesys_limits(&big).unwrap_err().contains("bytes"));
     }
 
     #[test]

@@ -119,10 +119,10 @@ impl Script {
             return Ok(answer);
         }
         let inputs = Value::Object(inputs.clone().into_iter().collect());
-        match self.call("after", &[&answer, &inputs])? {
-            Value::Object(map) => Ok(Value::Object(map)),
-            _ => Err(script_error("after: must return the answer as a table".into())),
-        }
+        let answer = self.call("after", &[&answer, &inputs])?;
+        super::mapping::check_genesys_limits(&answer)
+            .map_err(|e| script_error(format!("after: the answer is not one a data action can read: {e}")))?;
+        Ok(answer)
     }
 
     fn call(&self, hook: &str, args: &[&Value]) -> Result<Value, Problem> {
@@ -232,6 +232,21 @@ mod tests {
         }
         let ok = s.after(serde_json::json!({"x": 1}), &inputs(&[("mode", "ok".into())])).unwrap();
         assert_eq!(ok, serde_json::json!({"x": 1}));
+    }
+
+    #[test]
+    fn an_after_hook_must_return_what_a_data_action_can_read() {
+        for body in [
+            "return {a = {{1}, {2}}}",
+            "return 42",
+            "local t = {} local c = t for i = 1, 60 do c.x = {} c = c.x end return t",
+        ] {
+            let s = script(&format!("function after(answer) {body} end")).unwrap();
+            assert!(
+                matches!(s.after(serde_json::json!({}), &Inputs::new()), Err(Problem::ScriptError { .. })),
+                "{body}"
+            );
+        }
     }
 
     #[test]
