@@ -1,4 +1,5 @@
-//! The admin listener: `/metrics`, `/healthz`, `/readyz` and `DELETE /cache/{route}` (purge).
+//! The admin listener: `/metrics`, `/healthz`, `/readyz`, `GET /config` (the running config,
+//! secrets redacted, and its hash) and `DELETE /cache/{route}` (purge).
 //! Served by its own Pingora service on `admin.address`, never on a public listener (validation
 //! refuses sharing an address).
 
@@ -96,6 +97,11 @@ impl ServeHttp for AdminApp {
                 text(StatusCode::OK, "text/plain; version=0.0.4; charset=utf-8", self.gateway.metrics.render(), &id)
             }
             "/healthz" => text(StatusCode::OK, "text/plain; charset=utf-8", b"ok\n".to_vec(), &id),
+            "/config" => {
+                let source = &self.gateway.config.source;
+                let body = serde_json::json!({ "hash": source.hash, "config": source.redacted });
+                text(StatusCode::OK, "application/json", body.to_string().into_bytes(), &id)
+            }
             "/readyz" if self.gateway.is_ready() => {
                 text(StatusCode::OK, "text/plain; charset=utf-8", b"ready\n".to_vec(), &id)
             }

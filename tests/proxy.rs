@@ -435,3 +435,25 @@ async fn a_slow_or_vanished_client_is_not_an_upstream_timeout() {
     assert!(metrics.contains(r#"seawall_requests_total{route="upload",status="499"} 1"#), "{metrics}");
     assert!(!metrics.contains(r#"status="504""#), "{metrics}");
 }
+
+#[tokio::test]
+async fn the_admin_api_shows_the_running_config_with_secrets_redacted() {
+    let backend = Backend::ok().await;
+    let yaml = format!(
+        "{}\ntoken_issuer:\n  issuer: https://gw.test\n  signing_key: certs/dev/issuer-es256.pem\n  clients:\n    genesys: {{ secret: inline-secret-0123456789, scopes: [ivr.read], audience: api://x }}\n",
+        config(ROUTES)
+    );
+    let dead = format!("127.0.0.1:{}", common::free_port());
+    let gw = TestGateway::start(&yaml, &[("BACKEND", backend.addr.to_string()), ("DEAD", dead)]);
+    let response = reqwest::get(format!("http://{}/config", gw.admin)).await.unwrap();
+    assert_eq!(response.status(), 200);
+    let body = response.text().await.unwrap();
+    assert!(!body.contains("inline-secret"), "{body}");
+    let shown: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(shown["config"]["token_issuer"]["clients"]["genesys"]["secret"], "<redacted>");
+    assert_eq!(shown["config"]["upstreams"]["crm"]["targets"][0], "${BACKEND}", "as written, before expansion");
+    assert_eq!(shown["config"]["routes"][0]["id"], "account");
+    assert!(shown["hash"].as_str().unwrap().starts_with("sha256:"));
+    let public = reqwest::get(gw.url("/config")).await.unwrap();
+    assert_eq!(public.status(), 404, "never on a public listener");
+}

@@ -6,6 +6,7 @@
 
 mod env;
 mod schema;
+pub mod source;
 mod validate;
 
 use std::fmt;
@@ -102,6 +103,8 @@ pub struct Config {
     /// SQL backends. Each is also in `upstreams` under its name (with no targets): its breaker
     /// and metrics are an upstream's.
     pub databases: Vec<DatabaseConfig>,
+    /// The file as loaded (secrets redacted) and its hash, for the admin API's `GET /config`.
+    pub source: source::ConfigSource,
     /// The mediation folders routes name, loaded and compiled; routes refer to them by index.
     pub mediations: Vec<std::sync::Arc<crate::mediation::Mediation>>,
 }
@@ -406,6 +409,7 @@ pub fn load_str(text: &str, env: &dyn EnvLookup) -> Result<Config, Vec<ConfigErr
             return Err(vec![ConfigError { path: String::new(), message: format!("not valid YAML: {e}"), location }]);
         }
     };
+    let source = source::ConfigSource::new(text, &tree);
     env::expand_tree(&mut tree, "", env, &mut errors);
     // A value whose variable is missing became empty; checks of that value would only repeat
     // the missing-variable error, so errors at or under those paths are dropped.
@@ -416,7 +420,8 @@ pub fn load_str(text: &str, env: &dyn EnvLookup) -> Result<Config, Vec<ConfigErr
     later.retain(|e| !unresolved.iter().any(|p| is_at_or_under(&e.path, p)));
     errors.extend(later);
     if errors.is_empty() {
-        if let Some(config) = config {
+        if let Some(mut config) = config {
+            config.source = source;
             return Ok(config);
         }
     }

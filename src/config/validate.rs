@@ -207,6 +207,7 @@ pub(super) fn validate(file: Sections, errors: &mut Vec<ConfigError>) -> Option<
         router: router?,
         cache_storage,
         databases,
+        source: Default::default(),
         mediations,
     })
 }
