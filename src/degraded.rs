@@ -17,7 +17,8 @@ pub struct DegradedAnswers {
 }
 
 impl DegradedAnswers {
-    /// `body` is the route's JSON object; `codes` are among [`crate::problem::DEGRADABLE_CODES`].
+    /// `body` is the route's JSON object; `codes` are among [`crate::problem::DEGRADABLE_CODES`]
+    /// and the route's mediation's backend-side failures.
     pub fn new(status: u16, body: &serde_json::Map<String, serde_json::Value>, codes: &[&'static str]) -> Self {
         let bodies = codes
             .iter()

@@ -440,3 +440,20 @@ async fn mediated_answers_are_cached_a_herd_costs_one_call_and_stale_covers_fail
     assert!(cache_status.contains("detail=stale-if-error"), "{cache_status}");
     assert_eq!(json(&response.text().await.unwrap())["name"], "Ada");
 }
+
+#[tokio::test]
+async fn a_flow_gets_a_degraded_200_for_a_server_fault_or_a_broken_answer() {
+    let on_error = r#", on_error: { body: { name: "", tier: 0 } }"#;
+    let cases = [(500, fault11("Server"), "upstream_fault"), (200, "<broken".to_string(), "upstream_bad_answer")];
+    for (status, answer, code) in cases {
+        let backend = answering(status, answer).await;
+        let gw = shipped(&backend, on_error);
+        let (status, body) = get(&gw, "/customers/42").await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(json(&body)["gateway_status"], code);
+    }
+    // A Client fault is about the request, not a failure: it stays a 404 the flow branches on.
+    let backend = answering(500, fault11("Client")).await;
+    let gw = shipped(&backend, on_error);
+    assert_eq!(get(&gw, "/customers/42").await.0, 404);
+}

@@ -781,7 +781,8 @@ fn route(
             limit
         }
     };
-    let on_error = r.on_error.as_ref().and_then(|o| on_error(path, o, err));
+    let mediation_failures = mediation.map(|m| known.mediations[m].failure_codes()).unwrap_or_default();
+    let on_error = r.on_error.as_ref().and_then(|o| on_error(path, o, &mediation_failures, err));
     ok &= r.on_error.is_none() || on_error.is_some();
     if !ok {
         return None;
@@ -806,12 +807,16 @@ fn route(
     })
 }
 
+/// `mediation_failures`: the backend-side failure codes of the route's mediation, degradable
+/// too (and by default).
 fn on_error(
     path: &str,
     o: &schema::OnErrorSection,
+    mediation_failures: &[&'static str],
     err: &mut impl FnMut(String, String),
 ) -> Option<crate::degraded::DegradedAnswers> {
-    use crate::problem::DEGRADABLE_CODES;
+    let degradable: Vec<&'static str> =
+        crate::problem::DEGRADABLE_CODES.iter().chain(mediation_failures).copied().collect();
     let path = format!("{path}.on_error");
     let mut ok = true;
     let status = o.status.unwrap_or(200);
@@ -828,20 +833,17 @@ fn on_error(
     }
     let mut codes = Vec::new();
     match &o.codes {
-        None => codes.extend(DEGRADABLE_CODES),
+        None => codes.extend(&degradable),
         Some(listed) => {
             if listed.is_empty() {
                 err(format!("{path}.codes"), "empty: omit it for the default (every backend-side failure)".into());
                 ok = false;
             }
             for (i, code) in listed.iter().enumerate() {
-                match DEGRADABLE_CODES.iter().find(|c| **c == code.as_str()) {
+                match degradable.iter().find(|c| **c == code.as_str()) {
                     Some(c) => codes.push(*c),
                     None => {
-                        err(
-                            format!("{path}.codes[{i}]"),
-                            format!("`{code}` is not one of {}", DEGRADABLE_CODES.join(", ")),
-                        );
+                        err(format!("{path}.codes[{i}]"), format!("`{code}` is not one of {}", degradable.join(", ")));
                         ok = false;
                     }
                 }

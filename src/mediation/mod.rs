@@ -97,6 +97,21 @@ pub struct Outcome {
 }
 
 impl Mediation {
+    /// The codes of the backend-side failures this mediation can answer (beyond the core's):
+    /// what a route's `on_error` may degrade.
+    pub fn failure_codes(&self) -> Vec<&'static str> {
+        let mut codes = vec!["upstream_bad_answer"];
+        if let MediationBackend::Soap(soap) = &self.backend {
+            codes.push(soap::DEFAULT_FAULT.1);
+            for rule in soap.faults.iter().filter(|r| r.status >= 500) {
+                if !codes.contains(&rule.problem) {
+                    codes.push(rule.problem);
+                }
+            }
+        }
+        codes
+    }
+
     /// The database a SQL mediation runs on.
     pub fn database_name(&self) -> Option<&str> {
         match &self.backend {

@@ -56,7 +56,7 @@ pub struct FaultRule {
 }
 
 /// A fault no rule maps.
-const DEFAULT_FAULT: (u16, &str) = (502, "upstream_fault");
+pub const DEFAULT_FAULT: (u16, &str) = (502, "upstream_fault");
 
 impl FaultRule {
     /// `glob`: `*` matches any run of characters; everything else is literal.
