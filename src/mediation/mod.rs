@@ -44,13 +44,14 @@ pub const DEFAULT_XML_MAX_DEPTH: usize = 32;
 /// Bounds a mediation may set: answers up to 16 MiB, 256 levels.
 const XML_MAX_BYTES_LIMIT: usize = 16 * 1024 * 1024;
 const XML_MAX_DEPTH_LIMIT: usize = 256;
-/// The largest template file read.
-const MAX_TEMPLATE_BYTES: u64 = 256 * 1024;
+/// The largest template or script file read from a mediation folder.
+const MAX_FOLDER_FILE_BYTES: u64 = 256 * 1024;
 
 /// A loaded, compiled mediation folder.
 #[derive(Debug)]
 pub struct Mediation {
     pub name: String,
+    /// Its folder.
     pub dir: PathBuf,
     pub inputs: Vec<InputSpec>,
     /// Some input comes from the body: the gateway reads it (up to the route's `max_body_bytes`).
@@ -236,7 +237,7 @@ pub fn load(plugins_dir: &Path, name: &str) -> Result<Mediation, Vec<MediationEr
     let reads_body = inputs.iter().any(|i| i.source == Source::Body);
     let script = match &parsed.script {
         None => None,
-        Some(file) => match read_in_folder(&dir, file, MAX_TEMPLATE_BYTES)
+        Some(file) => match read_in_folder(&dir, file, MAX_FOLDER_FILE_BYTES)
             .and_then(|source| script::Script::compile(&dir.join(file), source))
         {
             Ok(script) => Some(script),
@@ -420,7 +421,7 @@ fn soap_mediation(
         ok = false;
     }
     let template_file = dir.join(&request.template);
-    let template = match read_in_folder(dir, &request.template, MAX_TEMPLATE_BYTES) {
+    let template = match read_in_folder(dir, &request.template, MAX_FOLDER_FILE_BYTES) {
         Ok(t) => Some(t),
         Err(message) => {
             err("request.template".into(), message);
