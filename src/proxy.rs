@@ -365,29 +365,42 @@ impl SeawallProxy {
         route: &RouteConfig,
         mediation: &Mediation,
     ) -> std::result::Result<(ResponseHeader, Bytes), Problem> {
-        let now = Instant::now();
-        let time_left = ctx.deadline.map_or(route.timeout, |d| d.remaining(now));
         let upstream = &self.gateway.upstreams[route.upstream];
-        ctx.attempts += 1;
-        ctx.upstream_started = Some(now);
+        ctx.upstream_started = Some(Instant::now());
         ctx.upstream_inflight = Some(self.gateway.metrics.inflight(route.upstream));
-        let inputs = ctx.inputs.take().unwrap_or_default();
-        let backend = match route.database {
-            Some(database) => Backend::Database(&self.gateway.databases[database]),
-            None => Backend::Upstream {
-                upstream,
-                client: &self.gateway.upstream_client,
-                forwarded: Forwarded {
-                    original_host: session.req_header().headers.get(http::header::HOST),
-                    peer_ip: ctx.peer_ip,
-                    request_id: &ctx.request_id,
-                    upstream_host: upstream.host_header(),
-                    tls: session.digest().is_some_and(|d| d.ssl_digest.is_some()),
+        let mut inputs = ctx.inputs.take().unwrap_or_default();
+        let request_id = ctx.request_id.clone();
+        let original_host = session.req_header().headers.get(http::header::HOST).cloned();
+        let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
+        let idempotent = session.req_header().method.is_idempotent();
+        let outcome = loop {
+            ctx.attempts += 1;
+            let time_left = ctx.deadline.map_or(route.timeout, |d| d.remaining(Instant::now()));
+            let backend = match route.database {
+                Some(database) => Backend::Database(&self.gateway.databases[database]),
+                None => Backend::Upstream {
+                    upstream,
+                    client: &self.gateway.upstream_client,
+                    forwarded: Forwarded {
+                        original_host: original_host.as_ref(),
+                        peer_ip: ctx.peer_ip,
+                        request_id: &request_id,
+                        upstream_host: upstream.host_header(),
+                        tls,
+                    },
                 },
-            },
+            };
+            let attempt_inputs = if route.retries > 0 { inputs.clone() } else { std::mem::take(&mut inputs) };
+            let outcome = mediation.run(attempt_inputs, Call { backend, time_left, idempotent }).await;
+            // As for proxied calls: only a call that got no answer at all is tried again
+            // (idempotent, inside the deadline, within `retries` and the retry budget).
+            let unanswered =
+                outcome.backend_status.is_none() && matches!(outcome.result, Err(Problem::UpstreamUnavailable { .. }));
+            if unanswered && ctx.may_retry(&self.gateway, session) && ctx.take_retry(&self.gateway) {
+                continue;
+            }
+            break outcome;
         };
-        let call = Call { backend, time_left, idempotent: session.req_header().method.is_idempotent() };
-        let outcome = mediation.run(inputs, call).await;
         ctx.upstream_status = outcome.backend_status;
         let body = mediation::json_body(&outcome.result?);
         let mut header = mediation::json_header(body.len()).map_err(|e| Problem::Internal { reason: e.to_string() })?;

@@ -457,3 +457,43 @@ async fn a_flow_gets_a_degraded_200_for_a_server_fault_or_a_broken_answer() {
     let gw = shipped(&backend, on_error);
     assert_eq!(get(&gw, "/customers/42").await.0, 404);
 }
+
+#[tokio::test]
+async fn a_call_that_got_no_answer_is_retried_on_the_next_target() {
+    let backend = answering(200, customer_answer("c", "><c:Name>Ada</c:Name>")).await;
+    let dead = format!("127.0.0.1:{}", common::free_port());
+    let yaml = |retries: u32| {
+        format!(
+            r#"
+server: {{ threads: 2 }}
+logging: {{ access_log: false }}
+listeners: [{{ name: public, address: "127.0.0.1:${{PORT}}" }}]
+admin: {{ address: "127.0.0.1:${{ADMIN_PORT}}" }}
+upstreams: {{ crm_soap: {{ targets: ["${{DEAD}}", "${{BACKEND}}"], connect_timeout_ms: 300 }} }}
+plugins_dir: plugins
+routes:
+  - {{ id: customer, match: {{ method: GET, path: "/customers/{{customerId}}" }}, upstream: crm_soap,
+      mediation: crm-customer, timeout_ms: 2000, retries: {retries} }}
+"#
+        )
+    };
+    let vars = [("BACKEND", backend.addr.to_string()), ("DEAD", dead.clone())];
+    let gw = TestGateway::start(&yaml(1), &vars);
+    for _ in 0..6 {
+        let (status, body) = get(&gw, "/customers/42").await;
+        assert_eq!(status, 200, "the refused connection is retried on the live target: {body}");
+    }
+    assert_eq!(backend.received().len(), 6);
+    drop(gw);
+
+    let gw = TestGateway::start(&yaml(0), &vars);
+    let mut refused = 0;
+    for _ in 0..6 {
+        let (status, body) = get(&gw, "/customers/42").await;
+        if status == 502 {
+            assert_eq!(problem_code(&body), "upstream_unavailable");
+            refused += 1;
+        }
+    }
+    assert_eq!(refused, 3, "without retries, every other call goes to the dead target");
+}

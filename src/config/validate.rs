@@ -674,13 +674,6 @@ fn route(
                 err(format!("{path}.upstream_path"), "a mediation builds the backend request itself".into());
                 ok = false;
             }
-            if r.retries.is_some_and(|n| n > 0) {
-                err(
-                    format!("{path}.retries"),
-                    "retries of mediation calls are not supported by this version yet".into(),
-                );
-                ok = false;
-            }
             index
         }
     };
