@@ -315,14 +315,13 @@ impl SeawallProxy {
             return false;
         }
         ctx.cache_key = self.cache_key(session, ctx);
-        let Some((mut header, body)) =
-            ctx.cache_key.as_ref().and_then(|key| cache::fresh_answer(cache, session.req_header(), key))
+        let Some((header, body)) = ctx
+            .cache_key
+            .as_ref()
+            .and_then(|key| cache::fresh_answer(cache, session.req_header(), key, &ctx.request_id))
         else {
             return false;
         };
-        if header.insert_header("x-request-id", ctx.request_id.clone()).is_err() {
-            return false;
-        }
         ctx.fresh_hit = true;
         write_answer(session, ctx, header, body).await;
         true

@@ -8,6 +8,7 @@
 use http::Method;
 use pingora_cache::key::CacheKey;
 use pingora_http::RequestHeader;
+use siphasher::sip128::SipHasher13;
 
 use crate::auth::jwt::Principal;
 use crate::config::{RouteCacheConfig, VaryPart};
@@ -46,8 +47,27 @@ impl KeyParts {
             }
             None => self.push(None),
         }
-        CacheKey::new(self.0, route_id)
+        // The key's hash, everywhere (store, lock): keyed SipHash-1-3 (128 bits) instead of
+        // Pingora's default BLAKE2b, a sixth of the work. The key is random per process, so a
+        // caller cannot craft a request whose key collides with another's entry.
+        let hash = SipHasher13::new_with_key(hash_key()).hash(&self.0).as_bytes();
+        let mut key = CacheKey::new(self.0, route_id);
+        key.set_primary_bin_override(hash);
+        key
     }
+}
+
+/// The process's random SipHash key for cache keys.
+fn hash_key() -> &'static [u8; 16] {
+    static KEY: std::sync::OnceLock<[u8; 16]> = std::sync::OnceLock::new();
+    KEY.get_or_init(|| {
+        let mut key = [0u8; 16];
+        if openssl::rand::rand_bytes(&mut key).is_err() {
+            // Never seen in practice; the key is then only as good as fastrand's seed.
+            key = fastrand::u128(..).to_le_bytes();
+        }
+        key
+    })
 }
 
 /// Builds a key from its parts, in the route's `vary` order.

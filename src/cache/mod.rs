@@ -162,27 +162,30 @@ pub fn fresh_answer(
     cache: &ResponseCache,
     request: &pingora_http::RequestHeader,
     key: &CacheKey,
+    request_id: &http::HeaderValue,
 ) -> Option<(ResponseHeader, bytes::Bytes)> {
-    use http::header::{IF_MODIFIED_SINCE, IF_NONE_MATCH, RANGE};
+    use http::header::{AGE, IF_MODIFIED_SINCE, IF_NONE_MATCH, RANGE};
     if request.method != http::Method::GET
         || [RANGE, IF_NONE_MATCH, IF_MODIFIED_SINCE].iter().any(|h| request.headers.contains_key(h))
     {
         return None;
     }
     let fresh = cache.store.fresh(key)?;
-    let body = fresh.body();
-    let mut header = fresh.header().clone();
-    header.set_version(http::Version::HTTP_11);
-    // The body is whole: its length, never the origin's chunking.
-    header.remove_header(&http::header::TRANSFER_ENCODING);
-    if !matches!(header.status.as_u16(), 204 | 304) {
-        header.insert_header(http::header::CONTENT_LENGTH, body.len()).ok()?;
-    }
+    // Built from the fields prepared at store time, written lower case (no case map: fresh
+    // hits skip its bookkeeping), with typed names: no name is parsed per hit.
+    let (mut parts, ()) = http::Response::new(()).into_parts();
+    parts.status = fresh.header().status;
+    parts.headers = fresh.hit_headers().clone();
     // RFC 9111 section 4: a stored answer used without validation carries `Age`.
-    header.insert_header(http::header::AGE, fresh.age_secs).ok()?;
-    header.insert_header("cache-status", format!("seawall; hit; ttl={}", fresh.ttl_secs)).ok()?;
-    Some((header, body))
+    parts.headers.insert(AGE, http::HeaderValue::from(fresh.age_secs));
+    let status = format!("seawall; hit; ttl={}", fresh.ttl_secs);
+    parts.headers.insert(CACHE_STATUS, http::HeaderValue::from_str(&status).ok()?);
+    parts.headers.insert(X_REQUEST_ID, request_id.clone());
+    Some((ResponseHeader::from(parts), fresh.body()))
 }
+
+const CACHE_STATUS: http::HeaderName = http::HeaderName::from_static("cache-status");
+const X_REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
 
 /// Pingora's cache lock, with two changes that keep a herd to one backend request:
 /// - a writer whose backend failed hands the lock to the next waiter (`TransientError`) rather

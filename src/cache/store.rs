@@ -44,6 +44,9 @@ struct Entry {
     /// The route's purge generation when stored; a whole-route purge moves it on.
     generation: u64,
     header: ResponseHeader,
+    /// `header`'s fields as a fresh hit sends them (no `Transfer-Encoding`, the body's
+    /// `Content-Length`), made once when the entry is stored.
+    hit_headers: http::HeaderMap,
     body: Bytes,
     freshness: Freshness,
     bytes: usize,
@@ -97,6 +100,11 @@ impl FreshEntry {
         &self.entry.header
     }
 
+    /// The fields a fresh hit sends (see [`hit_headers`]).
+    pub fn hit_headers(&self) -> &http::HeaderMap {
+        &self.entry.hit_headers
+    }
+
     pub fn body(&self) -> Bytes {
         self.entry.body.clone()
     }
@@ -123,11 +131,23 @@ fn key_hash(key: &impl CacheHashKey) -> u128 {
     u128::from_be_bytes(key.combined_bin())
 }
 
-/// What an answer of this size costs in the store.
+/// What an answer of this size costs in the store: the body, its header twice (as stored and
+/// as a hit sends it) and a fixed overhead.
 fn entry_bytes(header: &ResponseHeader, body_len: usize) -> usize {
     let headers: usize =
         header.headers.iter().map(|(name, value)| name.as_str().len() + value.len() + HEADER_OVERHEAD).sum();
-    body_len + headers + ENTRY_OVERHEAD
+    body_len + 2 * headers + ENTRY_OVERHEAD
+}
+
+/// The fields a fresh hit sends: the stored answer's, without `Transfer-Encoding` (the body is
+/// whole), with its `Content-Length` (none for 204 and 304).
+fn hit_headers(header: &ResponseHeader, body_len: usize) -> http::HeaderMap {
+    let mut headers = header.headers.clone();
+    headers.remove(http::header::TRANSFER_ENCODING);
+    if !matches!(header.status.as_u16(), 204 | 304) {
+        headers.insert(http::header::CONTENT_LENGTH, http::HeaderValue::from(body_len));
+    }
+    headers
 }
 
 fn weight(bytes: usize) -> u16 {
@@ -284,6 +304,7 @@ impl Storage for CacheStore {
             route,
             generation: self.routes[route].generation.load(Ordering::Relaxed),
             header: meta.response_header_copy(),
+            hit_headers: http::HeaderMap::new(),
             body: Bytes::new(),
             freshness: self.freshness_of(meta),
             bytes: 0,
@@ -311,6 +332,7 @@ impl Storage for CacheStore {
             route: old.route,
             generation: old.generation,
             bytes: entry_bytes(&header, old.body.len()),
+            hit_headers: hit_headers(&header, old.body.len()),
             header,
             body: old.body.clone(),
             freshness: self.freshness_of(meta),
@@ -397,6 +419,7 @@ impl HandleMiss for Filling {
         let Filling { store, mut entry, body } = *self;
         entry.body = body.freeze();
         entry.bytes = entry_bytes(&entry.header, entry.body.len());
+        entry.hit_headers = hit_headers(&entry.header, entry.body.len());
         if entry.bytes > store.max_bytes {
             return Ok(MissFinishType::Created(0));
         }
