@@ -51,6 +51,8 @@ impl UpstreamOutcome {
         match (problem, upstream_status) {
             (Some(Problem::UpstreamTimeout), _) => Some(UpstreamOutcome::Timeout),
             (Some(Problem::RequestTimeout | Problem::RequestTooLarge { .. }), _) => None,
+            // A mediation's script failed before any backend call: nothing about the backend.
+            (Some(Problem::ScriptError { .. }), None) => None,
             // A mediation's backend answered, but not as declared.
             (Some(Problem::UpstreamBadAnswer { .. }), _) => Some(UpstreamOutcome::Error),
             // A backend's own fault: an answer about the caller's request (not found) is the
@@ -378,6 +380,18 @@ impl Drop for InflightGuard {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn mediation_outcomes_say_only_what_they_know_of_the_backend() {
+        use UpstreamOutcome::{Error, Ok};
+        let of = |problem: Problem, status: Option<u16>| UpstreamOutcome::of(Some(&problem), status, false, false);
+        let mapped = |status| Problem::Mapped { status, code: "x", reason: String::new() };
+        assert_eq!(of(mapped(404), Some(500)), Some(Ok), "a Client fault is the backend working");
+        assert_eq!(of(mapped(502), Some(500)), Some(Error), "a Server fault is not");
+        assert_eq!(of(Problem::UpstreamBadAnswer { reason: String::new() }, Some(200)), Some(Error));
+        assert_eq!(of(Problem::ScriptError { reason: String::new() }, None), None, "`before` failed: no call");
+        assert_eq!(of(Problem::ScriptError { reason: String::new() }, Some(200)), Some(Ok), "`after` failed");
+    }
 
     #[test]
     fn renders_prometheus_text_with_bounded_labels() {
