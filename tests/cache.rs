@@ -9,15 +9,8 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{json, problem_code, Backend, Canned, TestGateway};
+use common::{json, problem_code, Backend, Canned, TestGateway, BASE};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
-
-const BASE: &str = r#"
-server: { threads: 2 }
-logging: { access_log: false }
-listeners: [{ name: public, address: "127.0.0.1:${PORT}" }]
-admin: { address: "127.0.0.1:${ADMIN_PORT}" }
-"#;
 
 /// The gateway with `rest` (routes) and one upstream, `crm`, to the backend.
 fn start(rest: &str, backend: &Backend) -> TestGateway {

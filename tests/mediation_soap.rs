@@ -7,18 +7,13 @@ mod common;
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::{problem_code, Backend, Received, TestGateway};
+use common::{problem_code, Backend, Received, TestGateway, BASE};
 use http_body_util::Full;
 use hyper::Response;
 use seawall::mediation::xml::{Document, XmlLimits};
 
-const BASE: &str = r#"
-server: { threads: 2 }
-logging: { access_log: false }
-listeners: [{ name: public, address: "127.0.0.1:${PORT}" }]
-admin: { address: "127.0.0.1:${ADMIN_PORT}" }
-upstreams: { crm_soap: { targets: ["${BACKEND}"] } }
-"#;
+/// The SOAP service, at the test's backend.
+const UPSTREAM: &str = r#"upstreams: { crm_soap: { targets: ["${BACKEND}"] } }"#;
 
 const SOAP11: &str = "http://schemas.xmlsoap.org/soap/envelope/";
 const SOAP12: &str = "http://www.w3.org/2003/05/soap-envelope";
@@ -56,15 +51,20 @@ async fn answering(status: u16, body: String) -> Backend {
 
 /// The gateway with the shipped `plugins/crm-customer` on `GET /customers/{customerId}`.
 fn shipped(backend: &Backend, route_extra: &str) -> TestGateway {
+    customer_route(UPSTREAM, route_extra, &[("BACKEND", backend.addr.to_string())])
+}
+
+/// The same with its own `upstreams` section (YAML) and variables.
+fn customer_route(upstreams: &str, route_extra: &str, vars: &[(&str, String)]) -> TestGateway {
     let yaml = format!(
-        r#"{BASE}
+        r#"{BASE}{upstreams}
 plugins_dir: plugins
 routes:
   - {{ id: customer, match: {{ method: GET, path: "/customers/{{customerId}}" }}, upstream: crm_soap,
       mediation: crm-customer, timeout_ms: 1000 {route_extra} }}
 "#
     );
-    TestGateway::start(&yaml, &[("BACKEND", backend.addr.to_string())])
+    TestGateway::start(&yaml, vars)
 }
 
 /// A gateway whose plugins folder holds one mediation, `m`, with these files, on `route`.
@@ -74,7 +74,7 @@ fn with_plugin(backend: &Backend, files: &[(&str, String)], route: &str) -> (Tes
     for (name, text) in files {
         std::fs::write(dir.path().join("m").join(name), text).unwrap();
     }
-    let yaml = format!("{BASE}\nplugins_dir: {}\nroutes:\n  - {route}\n", dir.path().display());
+    let yaml = format!("{BASE}{UPSTREAM}\nplugins_dir: {}\nroutes:\n  - {route}\n", dir.path().display());
     (TestGateway::start(&yaml, &[("BACKEND", backend.addr.to_string())]), dir)
 }
 
@@ -322,21 +322,11 @@ async fn a_slow_backend_gets_504_and_a_degraded_answer_where_declared() {
 #[tokio::test]
 async fn server_faults_open_the_circuit() {
     let backend = answering(500, fault11("Server")).await;
-    let yaml = r#"
-server: { threads: 2 }
-logging: { access_log: false }
-listeners: [{ name: public, address: "127.0.0.1:${PORT}" }]
-admin: { address: "127.0.0.1:${ADMIN_PORT}" }
-upstreams:
+    let upstreams = r#"upstreams:
   crm_soap:
     targets: ["${BACKEND}"]
-    circuit_breaker: { failure_ratio: 0.5, min_requests: 4, window_secs: 10, open_secs: 30 }
-plugins_dir: plugins
-routes:
-  - { id: customer, match: { method: GET, path: "/customers/{customerId}" }, upstream: crm_soap,
-      mediation: crm-customer, timeout_ms: 1000 }
-"#;
-    let gw = TestGateway::start(yaml, &[("BACKEND", backend.addr.to_string())]);
+    circuit_breaker: { failure_ratio: 0.5, min_requests: 4, window_secs: 10, open_secs: 30 }"#;
+    let gw = customer_route(upstreams, "", &[("BACKEND", backend.addr.to_string())]);
     for _ in 0..4 {
         assert_eq!(get(&gw, "/customers/42").await.0, 502);
     }
@@ -462,23 +452,9 @@ async fn a_flow_gets_a_degraded_200_for_a_server_fault_or_a_broken_answer() {
 async fn a_call_that_got_no_answer_is_retried_on_the_next_target() {
     let backend = answering(200, customer_answer("c", "><c:Name>Ada</c:Name>")).await;
     let dead = format!("127.0.0.1:{}", common::free_port());
-    let yaml = |retries: u32| {
-        format!(
-            r#"
-server: {{ threads: 2 }}
-logging: {{ access_log: false }}
-listeners: [{{ name: public, address: "127.0.0.1:${{PORT}}" }}]
-admin: {{ address: "127.0.0.1:${{ADMIN_PORT}}" }}
-upstreams: {{ crm_soap: {{ targets: ["${{DEAD}}", "${{BACKEND}}"], connect_timeout_ms: 300 }} }}
-plugins_dir: plugins
-routes:
-  - {{ id: customer, match: {{ method: GET, path: "/customers/{{customerId}}" }}, upstream: crm_soap,
-      mediation: crm-customer, timeout_ms: 2000, retries: {retries} }}
-"#
-        )
-    };
-    let vars = [("BACKEND", backend.addr.to_string()), ("DEAD", dead.clone())];
-    let gw = TestGateway::start(&yaml(1), &vars);
+    let upstreams = r#"upstreams: { crm_soap: { targets: ["${DEAD}", "${BACKEND}"], connect_timeout_ms: 300 } }"#;
+    let vars = [("BACKEND", backend.addr.to_string()), ("DEAD", dead)];
+    let gw = customer_route(upstreams, ", retries: 1", &vars);
     for _ in 0..6 {
         let (status, body) = get(&gw, "/customers/42").await;
         assert_eq!(status, 200, "the refused connection is retried on the live target: {body}");
@@ -486,7 +462,7 @@ routes:
     assert_eq!(backend.received().len(), 6);
     drop(gw);
 
-    let gw = TestGateway::start(&yaml(0), &vars);
+    let gw = customer_route(upstreams, "", &vars);
     let mut refused = 0;
     for _ in 0..6 {
         let (status, body) = get(&gw, "/customers/42").await;

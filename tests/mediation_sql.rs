@@ -10,15 +10,8 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::databases::{MariaDb, Postgres};
-use common::{problem_code, TestGateway};
+use common::{problem_code, TestGateway, BASE};
 use sqlx::Connection;
-
-const BASE: &str = r#"
-server: { threads: 2 }
-logging: { access_log: false }
-listeners: [{ name: public, address: "127.0.0.1:${PORT}" }]
-admin: { address: "127.0.0.1:${ADMIN_PORT}" }
-"#;
 
 /// Writes mediation folders (name, mediation.yaml) under `dir`.
 fn plugins(dir: &Path, mediations: &[(&str, String)]) {
@@ -171,12 +164,17 @@ async fn sqlite_statements_are_interrupted_at_their_timeout_and_a_held_pool_answ
         let url = gw.url("/spin/x");
         async move { reqwest::get(url).await.unwrap().status().as_u16() }
     });
-    tokio::time::sleep(Duration::from_millis(150)).await;
+    // Waits until the long statement is in flight (the database's in-flight gauge), not a guess.
+    let in_flight = Instant::now() + Duration::from_secs(5);
+    while !gw.metrics().await.contains(r#"seawall_inflight_requests{upstream="db"} 1"#) {
+        assert!(Instant::now() < in_flight, "the long statement never started");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     let started = Instant::now();
     let (status, body) = get(&gw, "/accounts/ACC-1001").await;
     let waited = started.elapsed();
     assert_eq!((status, problem_code(&body).as_str()), (503, "backend_overloaded"), "{body}");
-    assert!(waited >= Duration::from_millis(150) && waited < Duration::from_millis(600), "{waited:?}");
+    assert!(waited >= Duration::from_millis(200) && waited < Duration::from_millis(600), "{waited:?}");
     assert_eq!(spin.await.unwrap(), 504);
 }
 

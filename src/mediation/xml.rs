@@ -125,14 +125,7 @@ impl Document {
         let mut seen_root_element = false;
         loop {
             let (resolved, event) = reader.read_resolved_event().map_err(|e| malformed(&e))?;
-            let namespace = match resolved {
-                ResolveResult::Bound(ns) => Some(String::from_utf8_lossy(ns.as_ref()).into_owned()),
-                ResolveResult::Unbound => None,
-                ResolveResult::Unknown(prefix) => {
-                    let prefix = String::from_utf8_lossy(&prefix).into_owned();
-                    return Err(XmlError::Malformed(format!("undeclared namespace prefix `{prefix}`")));
-                }
-            };
+            let namespace = namespace_of(resolved)?;
             let current = *open.last().expect("the document node is never closed");
             match event {
                 Event::Start(ref e) | Event::Empty(ref e) => {
@@ -154,14 +147,7 @@ impl Document {
                             continue;
                         }
                         let (ns, local) = reader.resolver().resolve_attribute(key);
-                        let namespace = match ns {
-                            ResolveResult::Bound(ns) => Some(String::from_utf8_lossy(ns.as_ref()).into_owned()),
-                            ResolveResult::Unbound => None,
-                            ResolveResult::Unknown(p) => {
-                                let p = String::from_utf8_lossy(&p).into_owned();
-                                return Err(XmlError::Malformed(format!("undeclared namespace prefix `{p}`")));
-                            }
-                        };
+                        let namespace = namespace_of(ns)?;
                         let value = attribute
                             .normalized_value(quick_xml::XmlVersion::Implicit1_0)
                             .map_err(|e| entity_error(&e.to_string()))?;
@@ -266,6 +252,18 @@ impl Document {
         match &selector.attribute {
             Some(attribute) => elements.iter().filter_map(|&n| self.attribute(n, attribute)).collect(),
             None => elements.iter().map(|&n| self.text(n).trim()).collect(),
+        }
+    }
+}
+
+/// A resolved name's namespace URI (`None`: unqualified); an undeclared prefix is malformed.
+fn namespace_of(resolved: ResolveResult<'_>) -> Result<Option<String>, XmlError> {
+    match resolved {
+        ResolveResult::Bound(ns) => Ok(Some(String::from_utf8_lossy(ns.as_ref()).into_owned())),
+        ResolveResult::Unbound => Ok(None),
+        ResolveResult::Unknown(prefix) => {
+            let prefix = String::from_utf8_lossy(&prefix).into_owned();
+            Err(XmlError::Malformed(format!("undeclared namespace prefix `{prefix}`")))
         }
     }
 }

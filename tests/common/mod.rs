@@ -23,6 +23,15 @@ use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 use seawall::lifecycle::ShutdownHandle;
 
+/// The sections every gateway under test shares: two threads, no access log, one plain
+/// listener and the admin listener on the free ports `TestGateway::start` fills in.
+pub const BASE: &str = r#"
+server: { threads: 2 }
+logging: { access_log: false }
+listeners: [{ name: public, address: "127.0.0.1:${PORT}" }]
+admin: { address: "127.0.0.1:${ADMIN_PORT}" }
+"#;
+
 /// A free loopback port (bound, read, released).
 pub fn free_port() -> u16 {
     StdListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
