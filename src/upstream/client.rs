@@ -7,13 +7,12 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use pingora::connectors::http::v1::Connector;
+use pingora::protocols::http::v1::client::HttpSession;
 use pingora::upstreams::peer::HttpPeer;
-use pingora_http::RequestHeader;
+use pingora::ErrorType;
+use pingora_http::{RequestHeader, ResponseHeader};
 
 use crate::problem::{is_timeout, Problem};
-
-/// Idle pooled connections close after this long (as [`super::IDLE_TIMEOUT`] for proxied calls).
-const IDLE_TIMEOUT: Duration = Duration::from_secs(55);
 
 /// The backend's answer, read whole.
 #[derive(Debug)]
@@ -61,33 +60,20 @@ impl UpstreamClient {
         max_answer_bytes: usize,
         idempotent: bool,
     ) -> Result<Answer, Problem> {
-        let failed = |e: Box<pingora::Error>| {
-            if is_timeout(e.etype()) {
-                Problem::UpstreamTimeout
-            } else {
-                Problem::UpstreamUnavailable { reason: e.to_string() }
-            }
-        };
         let (mut session, reused) = self.connector.get_http_session(peer).await.map_err(failed)?;
-        let sent = async {
-            session.write_request_header(Box::new(request.clone())).await?;
-            session.write_body(&body).await?;
-            session.finish_body().await?;
-            session.read_resp_header_parts().await
-        }
-        .await;
-        let header = match sent {
+        let header = match send(&mut session, &request, &body).await {
             Ok(header) => header,
-            // A pooled connection the backend had closed meanwhile: once more on a new one.
-            Err(_) if reused && idempotent => {
+            Err(mut e) => {
+                // A pooled connection the backend had closed meanwhile: once more on a new one,
+                // when Pingora says the request cannot have reached the backend.
+                e.retry.decide_reuse(reused);
+                if !(idempotent && e.retry()) {
+                    return Err(failed(e));
+                }
                 let (fresh, _) = self.connector.get_http_session(peer).await.map_err(failed)?;
                 session = fresh;
-                session.write_request_header(Box::new(request)).await.map_err(failed)?;
-                session.write_body(&body).await.map_err(failed)?;
-                session.finish_body().await.map_err(failed)?;
-                session.read_resp_header_parts().await.map_err(failed)?
+                send(&mut session, &request, &body).await.map_err(failed)?
             }
-            Err(e) => return Err(failed(e)),
         };
         let mut answer = BytesMut::new();
         while let Some(chunk) = session.read_body_ref().await.map_err(failed)? {
@@ -98,7 +84,25 @@ impl UpstreamClient {
             }
             answer.extend_from_slice(chunk);
         }
-        self.connector.release_http_session(session, peer, Some(IDLE_TIMEOUT)).await;
+        self.connector.release_http_session(session, peer, peer.options.idle_timeout).await;
         Ok(Answer { status: header.status.as_u16(), body: answer.freeze() })
+    }
+}
+
+/// Writes the request and its body, and reads the answer's header.
+async fn send(session: &mut HttpSession, request: &RequestHeader, body: &[u8]) -> pingora::Result<Box<ResponseHeader>> {
+    session.write_request_header(Box::new(request.clone())).await?;
+    session.write_body(body).await?;
+    session.finish_body().await?;
+    session.read_resp_header_parts().await
+}
+
+/// What a failed call means for the caller, as for proxied calls: a connect attempt that timed
+/// out (with time left) is an unreachable backend, and may be retried; any other timeout is 504.
+fn failed(e: Box<pingora::Error>) -> Problem {
+    match e.etype() {
+        ErrorType::ConnectTimedout => Problem::UpstreamUnavailable { reason: e.to_string() },
+        etype if is_timeout(etype) => Problem::UpstreamTimeout,
+        _ => Problem::UpstreamUnavailable { reason: e.to_string() },
     }
 }
