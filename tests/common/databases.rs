@@ -91,6 +91,19 @@ impl Postgres {
             .spawn()
             .unwrap();
         wait_for_port(port, &mut child, "postgres");
+        // Listening is not accepting queries yet ("the database system is starting up").
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let ready = Command::new(postgres_bin("pg_isready"))
+                .args(["-q", "-h", "127.0.0.1", "-p", &port.to_string()])
+                .status()
+                .is_ok_and(|s| s.success());
+            if ready {
+                break;
+            }
+            assert!(Instant::now() < deadline, "postgres not ready within 30 s");
+            std::thread::sleep(Duration::from_millis(50));
+        }
         Postgres { port, child, data, _dir: dir }
     }
 
