@@ -35,6 +35,32 @@ routes:
     )
 }
 
+/// Like [`counting`], but only the first request is answered at once: every later one is held
+/// until the test opens the gate (a permit per request), so "answered without the backend" is
+/// proven by a hang, not by a clock.
+async fn gated() -> (Backend, Arc<AtomicU32>, Arc<tokio::sync::Semaphore>) {
+    let count = Arc::new(AtomicU32::new(0));
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let (c, g) = (count.clone(), gate.clone());
+    let backend = Backend::start(move |_| {
+        let n = c.fetch_add(1, Ordering::SeqCst) + 1;
+        let gate = g.clone();
+        Box::pin(async move {
+            if n > 1 {
+                gate.acquire().await.expect("the gate is never closed").forget();
+            }
+            json(200, &format!("{{\"answer\":{n}}}"))
+        })
+    })
+    .await;
+    (backend, count, gate)
+}
+
+/// An answer the test must get without waiting on a held backend (which would hang it).
+async fn unheld(client: &reqwest::Client, url: &str) -> (u16, String, String) {
+    tokio::time::timeout(Duration::from_secs(5), get(client, url)).await.expect("waited for the held backend")
+}
+
 /// A backend that answers with a body naming its own count of requests so far.
 async fn counting(delay: Duration) -> (Backend, Arc<AtomicU32>) {
     let count = Arc::new(AtomicU32::new(0));
@@ -188,21 +214,22 @@ routes:
 
 #[tokio::test(flavor = "multi_thread")]
 async fn stale_while_revalidate_answers_at_once_and_refreshes_once_in_the_background() {
-    // The backend takes a second: a stale answer that waited for the refresh would show it.
-    let (backend, count) = counting(Duration::from_secs(1)).await;
+    // The refresh is held until the stale answers are in: one that waited for it would hang.
+    let (backend, count, gate) = gated().await;
     let gw = balance_route(3000, "{ ttl_secs: 10, stale_while_revalidate_secs: 30 }", &backend);
     let client = reqwest::Client::new();
     get(&client, &gw.url("/balance")).await;
     gw.gateway.clock.advance(Duration::from_secs(15));
     for _ in 0..5 {
         let started = std::time::Instant::now();
-        let (status, cache_status, body) = get(&client, &gw.url("/balance")).await;
+        let (status, cache_status, body) = unheld(&client, &gw.url("/balance")).await;
         assert_eq!(status, 200);
         assert!(body.contains("\"answer\":1"), "{body}");
         assert!(cache_status.ends_with("detail=stale-while-revalidate"), "{cache_status}");
         assert!(started.elapsed() < Duration::from_millis(500), "a stale answer waited for the backend");
     }
-    // One background refresh, then the fresh answer.
+    // One background refresh, then the fresh answer (the gate is opened for good).
+    gate.add_permits(1000);
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     let mut calls = 1 + 5;
     loop {
@@ -539,7 +566,7 @@ async fn a_backend_past_the_deadline_is_covered_by_a_stale_entry() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_full_bulkhead_is_covered_by_a_stale_entry() {
-    let (backend, count) = counting(Duration::from_millis(1500)).await;
+    let (backend, count, gate) = gated().await;
     let gw = start_with_upstreams(
         r#"
 upstreams: { crm: { targets: ["${BACKEND}"], max_inflight: 1 } }
@@ -553,18 +580,21 @@ routes:
     let client = reqwest::Client::new();
     get(&client, &gw.url("/balance")).await;
     gw.gateway.clock.advance(Duration::from_secs(11));
-    // One slow call holds the upstream's only slot.
+    // One call, held at the backend, holds the upstream's only slot.
     let holder = {
         let (client, url) = (client.clone(), gw.url("/slow"));
         tokio::spawn(async move { get(&client, &url).await })
     };
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
     while backend.started() < 2 {
+        assert!(std::time::Instant::now() < deadline, "the holding call never reached the backend");
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    let (status, cache_status, body) = get(&client, &gw.url("/balance")).await;
+    let (status, cache_status, body) = unheld(&client, &gw.url("/balance")).await;
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("\"answer\":1"), "{body}");
     assert!(cache_status.ends_with("detail=stale-if-error"), "{cache_status}");
+    gate.add_permits(1);
     assert_eq!(holder.await.unwrap().0, 200);
     assert_eq!(count.load(Ordering::SeqCst), 2, "the stale answer reached the backend");
 }

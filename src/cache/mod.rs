@@ -26,8 +26,6 @@ use crate::clock::Clock;
 use crate::config::{CacheStorageConfig, RouteCacheConfig, VaryPart};
 use store::CacheStore;
 
-/// The no-cache reason of a writer whose backend failed: waiters elect another writer.
-const UPSTREAM_ERROR: &str = "upstream_error";
 /// How many times a waiter may wait on a new writer; time (its deadline) is the real bound.
 const MAX_LOCK_RETRIES: usize = 1 << 16;
 
@@ -100,7 +98,8 @@ pub fn cache_status(cache: &HttpCache) -> String {
 /// stores a proxied one, and releases the key's waiters to it. `false`: not stored (the answer
 /// is not cacheable, or the request is not the key's writer).
 pub async fn fill(cache: &mut HttpCache, config: &RouteCacheConfig, header: &ResponseHeader, body: Bytes) -> bool {
-    if !matches!(cache.phase(), CachePhase::Miss | CachePhase::Stale | CachePhase::Expired) {
+    // (`Expired` is only ever entered from `Stale` by `set_cache_meta` below.)
+    if !matches!(cache.phase(), CachePhase::Miss | CachePhase::Stale) {
         return false;
     }
     if cache.max_file_size_bytes().is_some_and(|max| body.len() > max) {
@@ -184,14 +183,15 @@ pub fn fresh_answer(
     Some((ResponseHeader::from(parts), fresh.body()))
 }
 
-const CACHE_STATUS: http::HeaderName = http::HeaderName::from_static("cache-status");
+/// RFC 9211's field.
+pub const CACHE_STATUS: http::HeaderName = http::HeaderName::from_static("cache-status");
 const X_REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
 
-/// Pingora's cache lock, with two changes that keep a herd to one backend request:
-/// - a writer whose backend failed hands the lock to the next waiter (`TransientError`) rather
-///   than releasing every waiter to the backend (`GiveUp`);
-/// - Pingora looks a key up, then locks it on a miss: a fill that completes in between would
-///   make this request a second writer. It is told to look again instead.
+/// Pingora's cache lock, with one change that keeps a herd to one backend request: Pingora
+/// looks a key up, then locks it on a miss, so a fill that completes in between would make this
+/// request a second writer. It is told to look again instead. (A writer whose backend failed
+/// hands the lock to the next waiter: Pingora's own `UpstreamError` handling, see
+/// [`cacheability`].)
 struct SingleFlight {
     lock: CacheLock,
     store: &'static CacheStore,
@@ -216,14 +216,6 @@ impl CacheKeyLock for SingleFlight {
     fn release(&self, key: &CacheKey, permit: WritePermit, reason: LockStatus) {
         self.lock.release(key, permit, reason)
     }
-
-    fn custom_lock_status(&self, reason: &'static str) -> LockStatus {
-        if reason == UPSTREAM_ERROR {
-            LockStatus::TransientError
-        } else {
-            LockStatus::GiveUp
-        }
-    }
 }
 
 /// Whether and for how long an answer is stored (`response_cache_filter`).
@@ -236,7 +228,9 @@ pub fn cacheability(config: &RouteCacheConfig, response: &ResponseHeader) -> Res
     use RespCacheable::{Cacheable, Uncacheable};
     let status = response.status.as_u16();
     if status >= 500 {
-        return Uncacheable(NoCacheReason::Custom(UPSTREAM_ERROR));
+        // Pingora then hands the lock to the next waiter (`TransientError`), rather than
+        // releasing every waiter to the failing backend.
+        return Uncacheable(NoCacheReason::UpstreamError);
     }
     let default_ttl = match status {
         200..=299 if status != 206 => config.ttl,
@@ -247,31 +241,34 @@ pub fn cacheability(config: &RouteCacheConfig, response: &ResponseHeader) -> Res
         return Uncacheable(NoCacheReason::OriginNotCache);
     }
     let now = SystemTime::now();
-    let fresh_for = if config.honor_origin {
+    let (mut fresh_for, mut stale_while_revalidate, mut stale_if_error) =
+        (default_ttl, config.stale_while_revalidate, config.stale_if_error);
+    if config.honor_origin {
         let directives = CacheControl::from_resp_headers(response);
-        if let Some(cc) = &directives {
-            if cc.no_store() || cc.private() || cc.no_cache() {
-                return Uncacheable(NoCacheReason::OriginNotCache);
-            }
-        }
-        if !vary_is_covered(config, response) {
+        if directives.as_ref().is_some_and(|cc| cc.no_store() || cc.private()) || !vary_is_covered(config, response) {
             return Uncacheable(NoCacheReason::OriginNotCache);
+        }
+        // Pingora's reading of RFC 9111 and 5861: `no-cache` is fresh for 0 s (not stored);
+        // `must-revalidate`, `proxy-revalidate` and `s-maxage` forbid stale answers; the
+        // origin's own `stale-*` windows win over the route's.
+        if let Some(cc) = &directives {
+            stale_while_revalidate = cc.serve_stale_while_revalidate_duration().unwrap_or(stale_while_revalidate);
+            stale_if_error = cc.serve_stale_if_error_duration().unwrap_or(stale_if_error);
         }
         let origin = directives.as_ref().and_then(|cc| cc.fresh_duration()).or_else(|| {
             calculate_expires_header_time(response).map(|at| at.duration_since(now).unwrap_or(Duration::ZERO))
         });
-        origin.unwrap_or(default_ttl)
-    } else {
-        default_ttl
-    };
+        fresh_for = origin.unwrap_or(default_ttl);
+    }
     if fresh_for.is_zero() {
         return Uncacheable(NoCacheReason::OriginNotCache);
     }
+    let secs = |d: Duration| d.as_secs().min(crate::config::defaults::CACHE_MAX_SECS) as u32;
     Cacheable(CacheMeta::new(
         now + fresh_for,
         now,
-        config.stale_while_revalidate.as_secs() as u32,
-        config.stale_if_error.as_secs() as u32,
+        secs(stale_while_revalidate),
+        secs(stale_if_error),
         response.clone(),
     ))
 }
@@ -382,6 +379,19 @@ mod tests {
     }
 
     #[test]
+    fn the_origin_may_forbid_or_set_stale_windows_when_honored() {
+        let stale = |c: &RouteCacheConfig, cc: &str| match cacheability(c, &response(200, &[("cache-control", cc)])) {
+            RespCacheable::Cacheable(meta) => (meta.stale_while_revalidate_sec(), meta.stale_if_error_sec()),
+            RespCacheable::Uncacheable(r) => panic!("{cc}: not stored: {r:?}"),
+        };
+        let honored = config(true);
+        assert_eq!(stale(&honored, "max-age=7"), (5, 300), "the route's windows when the origin says nothing");
+        assert_eq!(stale(&honored, "max-age=7, must-revalidate"), (0, 0), "RFC 9111: no stale answers");
+        assert_eq!(stale(&honored, "max-age=7, stale-while-revalidate=9, stale-if-error=60"), (9, 60));
+        assert_eq!(stale(&config(false), "max-age=7, must-revalidate"), (5, 300), "ignored when told");
+    }
+
+    #[test]
     fn origin_directives_are_ignored_when_told() {
         let c = config(false);
         assert_eq!(fresh_secs(cacheability(&c, &response(200, &[("cache-control", "no-store")]))), Some(60));
@@ -396,7 +406,7 @@ mod tests {
         }
         assert!(matches!(
             cacheability(&c, &response(503, &[])),
-            RespCacheable::Uncacheable(NoCacheReason::Custom(UPSTREAM_ERROR))
+            RespCacheable::Uncacheable(NoCacheReason::UpstreamError)
         ));
         assert_eq!(fresh_secs(cacheability(&c, &response(200, &[("set-cookie", "a=b")]))), None);
         c.negative_ttl = Duration::from_secs(10);

@@ -52,6 +52,29 @@ struct Entry {
     bytes: usize,
 }
 
+impl Entry {
+    /// An entry, with what derives from its header and body: its weight and the fields a hit sends.
+    fn new(
+        key: u128,
+        route: usize,
+        generation: u64,
+        header: ResponseHeader,
+        body: Bytes,
+        freshness: Freshness,
+    ) -> Entry {
+        Entry {
+            bytes: entry_bytes(&header, body.len()),
+            hit_headers: hit_headers(&header, body.len()),
+            key,
+            route,
+            generation,
+            header,
+            body,
+            freshness,
+        }
+    }
+}
+
 /// An entry's times, on the gateway clock, and its stale windows.
 #[derive(Clone, Copy)]
 struct Freshness {
@@ -221,7 +244,8 @@ impl CacheStore {
         }
         for gone in evicted {
             if Arc::ptr_eq(&gone.data, &entry) {
-                // Refused outright (larger than the whole store).
+                // Evicted at once to make room (an entry replaced in place can be: `force_put`
+                // never refuses a new key; one larger than the store never gets here).
                 self.stored_bytes.fetch_sub(entry.bytes as i64, Ordering::Relaxed);
                 self.routes[entry.route].keys.lock().unwrap_or_else(|e| e.into_inner()).remove(&entry.key);
             } else {
@@ -299,17 +323,15 @@ impl Storage for CacheStore {
         _trace: &SpanHandle,
     ) -> Result<MissHandler> {
         let route = self.route_of(key)?;
-        let entry = Entry {
+        Ok(Box::new(Filling {
+            store: self,
             key: key_hash(key),
             route,
             generation: self.routes[route].generation.load(Ordering::Relaxed),
             header: meta.response_header_copy(),
-            hit_headers: http::HeaderMap::new(),
-            body: Bytes::new(),
             freshness: self.freshness_of(meta),
-            bytes: 0,
-        };
-        Ok(Box::new(Filling { store: self, entry, body: BytesMut::new() }))
+            body: BytesMut::new(),
+        }))
     }
 
     async fn purge(
@@ -327,16 +349,8 @@ impl Storage for CacheStore {
             return Ok(false);
         };
         let header = meta.response_header_copy();
-        self.insert(Entry {
-            key: old.key,
-            route: old.route,
-            generation: old.generation,
-            bytes: entry_bytes(&header, old.body.len()),
-            hit_headers: hit_headers(&header, old.body.len()),
-            header,
-            body: old.body.clone(),
-            freshness: self.freshness_of(meta),
-        });
+        let freshness = self.freshness_of(meta);
+        self.insert(Entry::new(old.key, old.route, old.generation, header, old.body.clone(), freshness));
         Ok(true)
     }
 
@@ -403,8 +417,11 @@ impl HandleHit for StoredBody {
 /// (Pingora stops a fill that grows past `max_object_bytes`).
 struct Filling {
     store: &'static CacheStore,
-    /// Everything but the body, which is gathered below.
-    entry: Entry,
+    key: u128,
+    route: usize,
+    generation: u64,
+    header: ResponseHeader,
+    freshness: Freshness,
     body: BytesMut,
 }
 
@@ -416,10 +433,8 @@ impl HandleMiss for Filling {
     }
 
     async fn finish(self: Box<Self>) -> Result<MissFinishType> {
-        let Filling { store, mut entry, body } = *self;
-        entry.body = body.freeze();
-        entry.bytes = entry_bytes(&entry.header, entry.body.len());
-        entry.hit_headers = hit_headers(&entry.header, entry.body.len());
+        let Filling { store, key, route, generation, header, freshness, body } = *self;
+        let entry = Entry::new(key, route, generation, header, body.freeze(), freshness);
         if entry.bytes > store.max_bytes {
             return Ok(MissFinishType::Created(0));
         }
