@@ -280,9 +280,8 @@ fn float(f: Option<f64>) -> Value {
 }
 
 fn pg_cell(row: &PgRow, i: usize) -> Result<Value, String> {
-    let type_name = row.column(i).type_info().name().to_string();
     let e = |e: sqlx::Error| e.to_string();
-    Ok(match type_name.as_str() {
+    Ok(match row.column(i).type_info().name() {
         "INT2" => row.try_get::<Option<i16>, _>(i).map_err(e)?.map_or(Value::Null, Value::from),
         "INT4" => row.try_get::<Option<i32>, _>(i).map_err(e)?.map_or(Value::Null, Value::from),
         "INT8" => row.try_get::<Option<i64>, _>(i).map_err(e)?.map_or(Value::Null, Value::from),
@@ -312,9 +311,8 @@ fn pg_cell(row: &PgRow, i: usize) -> Result<Value, String> {
 }
 
 fn mysql_cell(row: &MySqlRow, i: usize) -> Result<Value, String> {
-    let type_name = row.column(i).type_info().name().to_string();
     let e = |e: sqlx::Error| e.to_string();
-    Ok(match type_name.as_str() {
+    Ok(match row.column(i).type_info().name() {
         "BOOLEAN" => row.try_get::<Option<bool>, _>(i).map_err(e)?.map_or(Value::Null, Value::Bool),
         "TINYINT" | "SMALLINT" | "MEDIUMINT" | "INT" | "BIGINT" => {
             row.try_get::<Option<i64>, _>(i).map_err(e)?.map_or(Value::Null, Value::from)
@@ -348,9 +346,9 @@ fn sqlite_cell(row: &SqliteRow, i: usize) -> Result<Value, String> {
     if raw.is_null() {
         return Ok(Value::Null);
     }
-    let type_name = raw.type_info().name().to_string();
+    let type_info = raw.type_info();
     let e = |e: sqlx::Error| e.to_string();
-    Ok(match type_name.as_str() {
+    Ok(match type_info.name() {
         "INTEGER" | "INT8" => Value::from(row.try_get::<i64, _>(i).map_err(e)?),
         "BOOLEAN" => Value::Bool(row.try_get::<bool, _>(i).map_err(e)?),
         "REAL" => float(Some(row.try_get::<f64, _>(i).map_err(e)?)),

@@ -35,9 +35,7 @@ impl DegradedAnswers {
     pub fn answer(&self, problem: &Problem, request_id: &HeaderValue) -> Option<(ResponseHeader, Bytes)> {
         let code = problem.code();
         let body = self.bodies.iter().find(|(c, _)| *c == code)?.1.clone();
-        let mut header = ResponseHeader::build(self.status, Some(5)).ok()?;
-        header.insert_header("content-type", "application/json").ok()?;
-        header.insert_header("content-length", body.len().to_string()).ok()?;
+        let mut header = crate::problem::answer_header(self.status, "application/json", body.len());
         header.insert_header("cache-control", "no-store").ok()?;
         header.insert_header("x-request-id", request_id.clone()).ok()?;
         Some((header, body))

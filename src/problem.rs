@@ -145,11 +145,8 @@ impl Problem {
             body["input"] = input.as_str().into();
         }
         let body = Bytes::from(serde_json::to_vec(&body).unwrap_or_default());
-        let mut header = ResponseHeader::build(entry.status, Some(6))
-            .unwrap_or_else(|_| ResponseHeader::build(500, Some(6)).expect("500 is a valid status"));
+        let mut header = answer_header(entry.status, "application/problem+json", body.len());
         // Header values below are fixed strings or validated request ids: inserts cannot fail.
-        let _ = header.insert_header("content-type", "application/problem+json");
-        let _ = header.insert_header("content-length", body.len().to_string());
         let _ = header.insert_header("cache-control", "no-store");
         let _ = header.insert_header("x-request-id", request_id.clone());
         match self {
@@ -179,6 +176,17 @@ impl Problem {
         }
         (header, body)
     }
+}
+
+/// The header every answer the gateway makes itself starts with: status, `Content-Type` and
+/// `Content-Length`. Callers add `X-Request-Id` and what else the answer needs.
+pub fn answer_header(status: u16, content_type: &'static str, length: usize) -> ResponseHeader {
+    let mut header = ResponseHeader::build(status, Some(6))
+        .unwrap_or_else(|_| ResponseHeader::build(500, Some(6)).expect("500 is a valid status"));
+    // A static type and a number: these inserts cannot fail.
+    let _ = header.insert_header(http::header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    let _ = header.insert_header(http::header::CONTENT_LENGTH, length);
+    header
 }
 
 impl Problem {

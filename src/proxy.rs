@@ -46,9 +46,9 @@ use crate::config::RouteConfig;
 use crate::forwarding::{self, Forwarded};
 use crate::gateway::{ActiveRequest, Gateway};
 use crate::mediation::inputs::{self, Inputs, RawRequest};
-use crate::mediation::{self, Backend, Call, Mediation};
+use crate::mediation::{Backend, Call, Mediation};
 use crate::metrics::{AuthLayer, InflightGuard, UpstreamOutcome, ISSUER_ROUTE, NO_ROUTE};
-use crate::problem::{is_timeout, Problem};
+use crate::problem::{answer_header, is_timeout, Problem};
 use crate::request_id;
 use crate::routing::{has_dot_segment, PathParams, RouteMatch};
 use crate::throttle::Caller;
@@ -187,9 +187,7 @@ impl SeawallProxy {
             (answer.status, answer.body, answer.basic_challenge)
         };
         let header = (|| {
-            let mut header = ResponseHeader::build(status, Some(6))?;
-            header.insert_header("content-type", "application/json")?;
-            header.insert_header("content-length", body.len().to_string())?;
+            let mut header = answer_header(status, "application/json", body.len());
             header.insert_header("x-request-id", ctx.request_id.clone())?;
             if status == 200 && body.starts_with(r#"{"keys""#) {
                 header.insert_header("cache-control", "public, max-age=300")?;
@@ -367,7 +365,7 @@ impl SeawallProxy {
         let upstream = &self.gateway.upstreams[route.upstream];
         ctx.upstream_started = Some(Instant::now());
         ctx.upstream_inflight = Some(self.gateway.metrics.inflight(route.upstream));
-        let mut inputs = ctx.inputs.take().unwrap_or_default();
+        let inputs = ctx.inputs.take().unwrap_or_default();
         let request_id = ctx.request_id.clone();
         let original_host = session.req_header().headers.get(http::header::HOST).cloned();
         let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
@@ -389,8 +387,7 @@ impl SeawallProxy {
                     },
                 },
             };
-            let attempt_inputs = if route.retries > 0 { inputs.clone() } else { std::mem::take(&mut inputs) };
-            let outcome = mediation.run(attempt_inputs, Call { backend, time_left, idempotent }).await;
+            let outcome = mediation.run(&inputs, Call { backend, time_left, idempotent }).await;
             // As for proxied calls: only a call that got no answer at all is tried again
             // (idempotent, inside the deadline, within `retries` and the retry budget).
             let unanswered =
@@ -401,14 +398,16 @@ impl SeawallProxy {
             break outcome;
         };
         ctx.upstream_status = outcome.backend_status;
-        let body = mediation::json_body(&outcome.result?);
-        let mut header = mediation::json_header(body.len()).map_err(|e| Problem::Internal { reason: e.to_string() })?;
+        let body = outcome.result?;
+        let mut header = answer_header(200, "application/json", body.len());
         if let (true, Some(config)) = (ctx.cache_enabled, &route.cache) {
             if !cache::fill(&mut session.cache, config, &header, body.clone()).await {
                 session.cache.disable(NoCacheReason::OriginNotCache);
             }
             let status = cache::cache_status(&session.cache);
-            header.insert_header("cache-status", status).map_err(|e| Problem::Internal { reason: e.to_string() })?;
+            header
+                .insert_header(cache::CACHE_STATUS, status)
+                .map_err(|e| Problem::Internal { reason: e.to_string() })?;
         }
         header
             .insert_header("x-request-id", ctx.request_id.clone())
@@ -547,7 +546,8 @@ impl ProxyHttp for SeawallProxy {
                         return Ok(true);
                     }
                 }
-                if route.retries > 0 {
+                // (A mediation has read its body already, and Pingora proxies nothing for it.)
+                if route.retries > 0 && route.mediation.is_none() {
                     session.enable_retry_buffering();
                 }
                 Ok(false)
@@ -601,18 +601,13 @@ impl ProxyHttp for SeawallProxy {
             (Ok(()), None) => return Ok(true),
             (Ok(()), Some(index)) => {
                 // The gateway makes the backend call itself and answers (`Ok(false)`: Pingora
-                // proxies nothing), unless a backend failure has a stale entry to answer with.
+                // proxies nothing); a failure is answered as a refusal is, below.
                 match self.mediate(session, ctx, route, &self.gateway.config.mediations[index]).await {
                     Ok((header, body)) => {
                         write_answer(session, ctx, header, body).await;
                         return Ok(false);
                     }
-                    Err(problem) if problem.is_backend_failure() && session.cache.can_serve_stale_error() => problem,
-                    Err(problem) => {
-                        self.respond(session, ctx, &problem).await;
-                        ctx.problem = Some(problem);
-                        return Ok(false);
-                    }
+                    Err(problem) => problem,
                 }
             }
             (Err(problem), _) => problem,
@@ -819,7 +814,7 @@ impl ProxyHttp for SeawallProxy {
         upstream_response.insert_header("x-request-id", ctx.request_id.clone())?;
         if ctx.cache_enabled {
             let status = cache::cache_status(&session.cache);
-            upstream_response.insert_header("cache-status", status)?;
+            upstream_response.insert_header(cache::CACHE_STATUS, status)?;
         }
         ctx.status = upstream_response.status.as_u16();
         Ok(())
@@ -869,16 +864,17 @@ impl ProxyHttp for SeawallProxy {
         };
         let metrics = &self.gateway.metrics;
         let seconds = now.duration_since(ctx.start).as_secs_f64();
+        let cache_result = match (ctx.fresh_hit, ctx.cache_enabled) {
+            (true, _) => Some(CacheResult::Hit),
+            (false, true) => Some(CacheResult::of(&session.cache)),
+            (false, false) => None,
+        };
         if ctx.issuer_request {
             metrics.observe_issuer(ctx.status, seconds);
         } else if !ctx.refresh {
             metrics.observe_request(ctx.route, ctx.status, seconds);
-            if let Some(route) = ctx.route {
-                if ctx.fresh_hit {
-                    metrics.cache_lookup(route, CacheResult::Hit);
-                } else if ctx.cache_enabled {
-                    metrics.cache_lookup(route, CacheResult::of(&session.cache));
-                }
+            if let (Some(route), Some(result)) = (ctx.route, cache_result) {
+                metrics.cache_lookup(route, result);
             }
         }
 
@@ -904,11 +900,10 @@ impl ProxyHttp for SeawallProxy {
         ctx.upstream_inflight = None;
 
         if self.gateway.access_log {
-            let cache = match (ctx.refresh, ctx.fresh_hit, ctx.cache_enabled) {
-                (true, _, _) => "refresh",
-                (false, true, _) => CacheResult::Hit.label(),
-                (false, false, true) => CacheResult::of(&session.cache).label(),
-                (false, false, false) => "",
+            let cache = match (ctx.refresh, cache_result) {
+                (true, _) => "refresh",
+                (false, Some(result)) => result.label(),
+                (false, None) => "",
             };
             let req = session.req_header();
             tracing::info!(

@@ -7,6 +7,8 @@
 mod env;
 mod schema;
 pub mod source;
+
+pub(crate) use validate::is_identifier;
 mod validate;
 
 use std::fmt;
@@ -106,7 +108,7 @@ pub struct Config {
     /// The file as loaded (secrets redacted) and its hash, for the admin API's `GET /config`.
     pub source: source::ConfigSource,
     /// The mediation folders routes name, loaded and compiled; routes refer to them by index.
-    pub mediations: Vec<std::sync::Arc<crate::mediation::Mediation>>,
+    pub mediations: Vec<crate::mediation::Mediation>,
 }
 
 /// `cache_storage`: the one in-memory store every route's cache shares.

@@ -122,7 +122,7 @@ pub(super) fn validate(file: Sections, errors: &mut Vec<ConfigError>) -> Option<
         }
     }
 
-    let (mediations, mediation_names) = mediations(&file, &mut err);
+    let mediations = mediations(&file, &mut err);
 
     let mut routes = Vec::new();
     let mut ids = HashSet::new();
@@ -144,7 +144,6 @@ pub(super) fn validate(file: Sections, errors: &mut Vec<ConfigError>) -> Option<
             allowlists: &allowlists,
             jwt_providers: &jwt_providers,
             mediations: &mediations,
-            mediation_names: &mediation_names,
             databases: &databases,
             client_auth: file
                 .listeners
@@ -296,25 +295,17 @@ fn database(
 
 /// Loads every mediation folder routes name, once each; a folder's errors are reported at the
 /// first route that names it.
-fn mediations(
-    file: &Sections,
-    err: &mut impl FnMut(String, String),
-) -> (Vec<std::sync::Arc<crate::mediation::Mediation>>, Vec<String>) {
+fn mediations(file: &Sections, err: &mut impl FnMut(String, String)) -> Vec<crate::mediation::Mediation> {
     let dir = Path::new(file.plugins_dir.as_deref().unwrap_or(defaults::PLUGINS_DIR));
-    let mut loaded = Vec::new();
-    // The name of each `loaded` mediation, same order.
-    let mut names: Vec<String> = Vec::new();
+    let mut loaded: Vec<crate::mediation::Mediation> = Vec::new();
     let mut failed = HashSet::new();
     for (i, r) in file.routes.iter().enumerate() {
         let Some(name) = r.as_ref().and_then(|r| r.mediation.as_ref()) else { continue };
-        if names.contains(name) || failed.contains(name) {
+        if loaded.iter().any(|m| &m.name == name) || failed.contains(name) {
             continue;
         }
         match crate::mediation::load(dir, name) {
-            Ok(mediation) => {
-                loaded.push(std::sync::Arc::new(mediation));
-                names.push(name.clone());
-            }
+            Ok(mediation) => loaded.push(mediation),
             Err(errors) => {
                 failed.insert(name.clone());
                 for e in errors {
@@ -323,7 +314,7 @@ fn mediations(
             }
         }
     }
-    (loaded, names)
+    loaded
 }
 
 fn cache_storage(s: &schema::CacheStorageSection, err: &mut impl FnMut(String, String)) -> CacheStorageConfig {
@@ -667,7 +658,7 @@ fn route(
     let mediation = match &r.mediation {
         None => None,
         Some(name) => {
-            let index = known.mediation_names.iter().position(|n| n == name);
+            let index = known.mediations.iter().position(|m| &m.name == name);
             // (A folder that failed to load has its errors reported already.)
             ok &= index.is_some();
             if r.upstream_path.is_some() {
@@ -900,9 +891,8 @@ struct Known<'a> {
     upstreams: &'a [UpstreamConfig],
     allowlists: &'a [AllowlistConfig],
     jwt_providers: &'a [JwtProviderConfig],
-    mediations: &'a [std::sync::Arc<crate::mediation::Mediation>],
-    /// Names of the loaded mediations, by index (a folder that failed to load is not there).
-    mediation_names: &'a [String],
+    /// The mediations that loaded (a folder that failed to load is not there).
+    mediations: &'a [crate::mediation::Mediation],
     databases: &'a [DatabaseConfig],
     /// Some listener asks for client certificates.
     client_auth: bool,
@@ -1087,7 +1077,9 @@ fn check_scopes(scopes: &[String], path: &str, err: &mut impl FnMut(String, Stri
     ok
 }
 
-fn is_identifier(s: &str) -> bool {
+/// A name in the config (route, upstream, database, mediation folder): letters, digits, `_`,
+/// `-`, `.`; at most 64; not first `_`.
+pub(crate) fn is_identifier(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 64
         && !s.starts_with('_')

@@ -119,17 +119,19 @@ fn demo_material() -> Result<PathBuf, String> {
 
 /// A fresh SQLite database of accounts (made before the gateway's runtimes start).
 fn demo_database(file: &Path) -> Result<(), String> {
-    use sqlx::Connection;
+    use crate::config::{DatabaseConfig, Driver};
+    use std::time::Duration;
     let _ = std::fs::remove_file(file);
-    let url = format!("sqlite://{}?mode=rwc", file.display());
-    let runtime = tokio::runtime::Builder::new_current_thread().build().map_err(|e| e.to_string())?;
-    runtime
-        .block_on(async {
-            let mut conn = sqlx::SqliteConnection::connect(&url).await?;
-            sqlx::raw_sql(DEMO_DATABASE).execute(&mut conn).await?;
-            conn.close().await
-        })
-        .map_err(|e| format!("cannot make the demo database: {e}"))
+    let database = crate::database::Database::new(DatabaseConfig {
+        name: "demo".into(),
+        url: format!("sqlite://{}?mode=rwc", file.display()),
+        driver: Driver::Sqlite,
+        max_connections: 1,
+        acquire_timeout: Duration::from_secs(5),
+        statement_timeout: Duration::from_secs(5),
+    });
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
+    runtime.block_on(database.execute(DEMO_DATABASE)).map_err(|e| format!("cannot make the demo database: {e}"))
 }
 
 fn free_loopback_port() -> std::io::Result<SocketAddr> {

@@ -222,13 +222,14 @@ fn play(mediation: &Mediation, case: &Case) -> Result<(Option<BackendRequestCase
             return Ok((None, problem_answer(&problem)));
         }
     };
-    let inputs = match mediation.script.as_ref().map(|s| s.before(inputs.clone())).unwrap_or(Ok(inputs)) {
-        Ok(inputs) => inputs,
+    let hooked = match mediation.before(&inputs) {
+        Ok(hooked) => hooked,
         Err(problem) => return Ok((None, problem_answer(&problem))),
     };
+    let inputs = hooked.unwrap_or(inputs);
     let (sent, mut actual) = play_backend(mediation, case, &inputs)?;
-    if let (Some(script), 200) = (&mediation.script, actual.status) {
-        actual = match script.after(std::mem::take(&mut actual.body), &inputs) {
+    if actual.status == 200 {
+        actual = match mediation.after(std::mem::take(&mut actual.body), &inputs) {
             Ok(body) => Expected { status: 200, body },
             Err(problem) => problem_answer(&problem),
         };
@@ -246,18 +247,19 @@ fn play_backend(
         MediationBackend::Soap(soap) => soap,
         MediationBackend::Sql(sql) => return play_sql(sql, case, inputs),
     };
-    let request = match soap.request(inputs) {
-        Ok(request) => request,
+    let envelope = match soap.envelope(inputs) {
+        Ok(envelope) => envelope,
         Err(problem) => return Ok((None, problem_answer(&problem))),
     };
-    let mut sent_headers = BTreeMap::from([("content-type".to_string(), request.content_type.clone())]);
-    if let Some(action) = &request.soap_action {
-        sent_headers.insert("soapaction".into(), action.clone());
+    let text = |v: &http::HeaderValue| v.to_str().unwrap_or_default().to_string();
+    let mut sent_headers = BTreeMap::from([("content-type".to_string(), text(&soap.content_type))]);
+    if let Some(action) = &soap.soap_action {
+        sent_headers.insert("soapaction".into(), text(action));
     }
     let sent = BackendRequestCase::Http(HttpRequestCase {
-        path: request.path.clone(),
+        path: soap.path.clone(),
         headers: sent_headers,
-        body: String::from_utf8_lossy(&request.body).into_owned(),
+        body: String::from_utf8_lossy(&envelope).into_owned(),
     });
     let answer = case
         .backend

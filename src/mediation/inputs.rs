@@ -135,9 +135,9 @@ impl InputSpec {
         if self.ty == InputType::String && raw_len > self.max_length {
             return Err("longer than its max_length");
         }
-        let text = match &value {
-            Value::String(s) => s.clone(),
-            other => other.to_string(),
+        let text: std::borrow::Cow<'_, str> = match &value {
+            Value::String(s) => s.into(),
+            other => other.to_string().into(),
         };
         if self.pattern.as_ref().is_some_and(|p| !p.is_match(&text)) {
             return Err("does not match its pattern");

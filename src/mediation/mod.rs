@@ -51,8 +51,6 @@ const MAX_FOLDER_FILE_BYTES: u64 = 256 * 1024;
 #[derive(Debug)]
 pub struct Mediation {
     pub name: String,
-    /// Its folder.
-    pub dir: PathBuf,
     pub inputs: Vec<InputSpec>,
     /// Some input comes from the body: the gateway reads it (up to the route's `max_body_bytes`).
     pub reads_body: bool,
@@ -89,11 +87,11 @@ pub struct Call<'a> {
     pub idempotent: bool,
 }
 
-/// How a mediation call went: the caller's JSON or the problem to answer, and the backend's
-/// HTTP status when it answered at all.
+/// How a mediation call went: the caller's JSON (serialized) or the problem to answer, and the
+/// backend's HTTP status when it answered at all.
 #[derive(Debug)]
 pub struct Outcome {
-    pub result: Result<Value, Problem>,
+    pub result: Result<Bytes, Problem>,
     pub backend_status: Option<u16>,
 }
 
@@ -121,41 +119,54 @@ impl Mediation {
         }
     }
 
-    /// `before` hook, backend call, `after` hook.
-    pub async fn run(&self, inputs: Inputs, call: Call<'_>) -> Outcome {
-        let inputs = match self.script.as_ref().map(|s| s.before(inputs.clone())).unwrap_or(Ok(inputs)) {
-            Ok(inputs) => inputs,
+    /// `before` hook, backend call, `after` hook; the answer serialized once, within what a data
+    /// action reads.
+    pub async fn run(&self, inputs: &Inputs, call: Call<'_>) -> Outcome {
+        let hooked = match self.before(inputs) {
+            Ok(hooked) => hooked,
             Err(problem) => return Outcome { result: Err(problem), backend_status: None },
         };
-        let mut outcome = self.call(&inputs, call).await;
-        if let (Some(script), Ok(answer)) = (&self.script, &mut outcome.result) {
-            outcome.result = script.after(std::mem::take(answer), &inputs);
-        }
-        outcome
+        let inputs = hooked.as_ref().unwrap_or(inputs);
+        let (result, backend_status) = self.call(inputs, call).await;
+        let result = result.and_then(|answer| self.after(answer, inputs)).and_then(|answer| json_body(&answer));
+        Outcome { result, backend_status }
     }
 
-    /// Builds the backend request from `inputs`, calls the backend, maps its answer.
-    async fn call(&self, inputs: &Inputs, call: Call<'_>) -> Outcome {
-        let failed = |problem| Outcome { result: Err(problem), backend_status: None };
+    /// The script's `before` hook: the changed inputs, or `None` to keep them.
+    pub fn before(&self, inputs: &Inputs) -> Result<Option<Inputs>, Problem> {
+        match &self.script {
+            Some(script) => script.before(inputs),
+            None => Ok(None),
+        }
+    }
+
+    /// The script's `after` hook on a mapped answer.
+    pub fn after(&self, answer: Value, inputs: &Inputs) -> Result<Value, Problem> {
+        match &self.script {
+            Some(script) => script.after(answer, inputs),
+            None => Ok(answer),
+        }
+    }
+
+    /// Builds the backend request from `inputs`, calls the backend, maps its answer; with the
+    /// backend's status when it answered.
+    async fn call(&self, inputs: &Inputs, call: Call<'_>) -> (Result<Value, Problem>, Option<u16>) {
+        let failed = |problem| (Err(problem), None);
         match (&self.backend, call.backend) {
             (MediationBackend::Soap(soap), Backend::Upstream { upstream, client, forwarded }) => {
-                let request = match soap.request(inputs) {
-                    Ok(request) => request,
+                let envelope = match soap.envelope(inputs) {
+                    Ok(envelope) => envelope,
                     Err(problem) => return failed(problem),
                 };
-                let header = match soap_header(&request, &forwarded) {
+                let header = match soap_header(soap, envelope.len(), &forwarded) {
                     Ok(header) => header,
                     Err(e) => return failed(Problem::Internal { reason: e.to_string() }),
                 };
                 let peer = upstream.peer(call.time_left);
                 let max_answer = soap.limits.max_bytes;
-                let answer =
-                    client.call(&peer, header, request.body, max_answer, call.time_left, call.idempotent).await;
+                let answer = client.call(&peer, header, envelope, max_answer, call.time_left, call.idempotent).await;
                 match answer {
-                    Ok(answer) => Outcome {
-                        result: soap.answer(answer.status, &answer.body),
-                        backend_status: Some(answer.status),
-                    },
+                    Ok(answer) => (soap.answer(answer.status, &answer.body), Some(answer.status)),
                     Err(problem) => failed(problem),
                 }
             }
@@ -163,7 +174,7 @@ impl Mediation {
                 let params = sql.params(inputs);
                 match database.fetch(&sql.statement, &params, sql.rows_to_fetch(), call.time_left).await {
                     // The database answered: for the outcome, as an HTTP backend's 200.
-                    Ok(rows) => Outcome { result: sql.answer(rows), backend_status: Some(200) },
+                    Ok(rows) => (sql.answer(rows), Some(200)),
                     Err(problem) => failed(problem),
                 }
             }
@@ -172,29 +183,27 @@ impl Mediation {
     }
 }
 
-fn soap_header(request: &soap::BackendRequest, forwarded: &Forwarded<'_>) -> pingora::Result<RequestHeader> {
-    let mut header = RequestHeader::build("POST", request.path.as_bytes(), Some(8))?;
+fn soap_header(soap: &SoapMediation, length: usize, forwarded: &Forwarded<'_>) -> pingora::Result<RequestHeader> {
+    const SOAP_ACTION: http::HeaderName = http::HeaderName::from_static("soapaction");
+    let mut header = RequestHeader::build("POST", soap.path.as_bytes(), Some(8))?;
     forwarding::upstream_request(&mut header, forwarded)?;
-    header.insert_header(http::header::CONTENT_TYPE, request.content_type.as_str())?;
-    header.insert_header(http::header::CONTENT_LENGTH, request.body.len().to_string())?;
-    header.insert_header(http::header::ACCEPT, "application/soap+xml, text/xml")?;
-    if let Some(action) = &request.soap_action {
-        header.insert_header("soapaction", action.as_str())?;
+    header.insert_header(http::header::CONTENT_TYPE, soap.content_type.clone())?;
+    header.insert_header(http::header::CONTENT_LENGTH, length)?;
+    header.insert_header(http::header::ACCEPT, http::HeaderValue::from_static("application/soap+xml, text/xml"))?;
+    if let Some(action) = &soap.soap_action {
+        header.insert_header(SOAP_ACTION, action.clone())?;
     }
     Ok(header)
 }
 
-/// The caller's answer: the mapped JSON.
-pub fn json_body(value: &Value) -> Bytes {
-    Bytes::from(serde_json::to_vec(value).unwrap_or_default())
-}
-
-/// The header of a mapped answer of `length` bytes.
-pub fn json_header(length: usize) -> pingora::Result<pingora_http::ResponseHeader> {
-    let mut header = pingora_http::ResponseHeader::build(200, Some(4))?;
-    header.insert_header(http::header::CONTENT_TYPE, "application/json")?;
-    header.insert_header(http::header::CONTENT_LENGTH, length.to_string())?;
-    Ok(header)
+/// The caller's answer: the mapped JSON, at most what a data action reads.
+fn json_body(value: &Value) -> Result<Bytes, Problem> {
+    let body = serde_json::to_vec(value).map_err(|e| Problem::Internal { reason: e.to_string() })?;
+    if body.len() > mapping::MAX_OUTPUT_BYTES {
+        let reason = format!("the answer is {} bytes, over {}", body.len(), mapping::MAX_OUTPUT_BYTES);
+        return Err(Problem::UpstreamBadAnswer { reason });
+    }
+    Ok(Bytes::from(body))
 }
 
 /// One problem in a mediation folder: the file, the YAML path inside it, and what is wrong.
@@ -220,11 +229,8 @@ pub fn load(plugins_dir: &Path, name: &str) -> Result<Mediation, Vec<MediationEr
     let dir = plugins_dir.join(name);
     let file = dir.join(MEDIATION_FILE);
     let at = |path: &str, message: String| MediationError { file: file.clone(), path: path.into(), message };
-    let valid_name = !name.is_empty()
-        && name.len() <= 64
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
-        && !name.starts_with('.');
-    if !valid_name {
+    // An identifier, as route and upstream names are, that cannot name `.` or `..`.
+    if !crate::config::is_identifier(name) || name.starts_with('.') {
         return Err(vec![at("", format!("`{name}` is not a mediation folder name (letters, digits, `_`, `-`, `.`)"))]);
     }
     let text = std::fs::read_to_string(&file).map_err(|e| vec![at("", format!("cannot read: {e}"))])?;
@@ -266,7 +272,7 @@ pub fn load(plugins_dir: &Path, name: &str) -> Result<Mediation, Vec<MediationEr
     }
     match backend {
         Some(backend) if errors.is_empty() => {
-            Ok(Mediation { name: name.to_string(), dir, inputs, reads_body, backend, script })
+            Ok(Mediation { name: name.to_string(), inputs, reads_body, backend, script })
         }
         _ => Err(errors),
     }

@@ -34,10 +34,10 @@ struct State {
 }
 
 pub struct Script {
-    pub file: PathBuf,
+    file: PathBuf,
     source: String,
-    pub has_before: bool,
-    pub has_after: bool,
+    has_before: bool,
+    has_after: bool,
     idle: Mutex<Vec<State>>,
 }
 
@@ -94,20 +94,21 @@ impl Script {
     }
 
     /// `before(inputs)`: the inputs the backend request is built from.
-    pub fn before(&self, inputs: Inputs) -> Result<Inputs, Problem> {
+    /// `None`: the inputs stay as they are.
+    pub fn before(&self, inputs: &Inputs) -> Result<Option<Inputs>, Problem> {
         if !self.has_before {
-            return Ok(inputs);
+            return Ok(None);
         }
         let original = Value::Object(inputs.clone().into_iter().collect());
         match self.call("before", &[&original])? {
-            Value::Null => Ok(inputs),
+            Value::Null => Ok(None),
             Value::Object(map) => {
                 for (name, value) in &map {
                     if value.is_array() || value.is_object() {
                         return Err(script_error(format!("before: input `{name}` is not a plain value")));
                     }
                 }
-                Ok(map.into_iter().collect())
+                Ok(Some(map.into_iter().collect()))
             }
             _ => Err(script_error("before: must return the inputs table or nil".into())),
         }
@@ -191,7 +192,7 @@ mod tests {
             "#,
         )
         .unwrap();
-        let changed = s.before(inputs(&[("id", "42".into())])).unwrap();
+        let changed = s.before(&inputs(&[("id", "42".into())])).unwrap().unwrap();
         assert_eq!(changed["id"], "00000042");
         let answer = s.after(serde_json::json!({"tier": 2}), &changed).unwrap();
         assert_eq!(answer, serde_json::json!({"tier": 2, "tierName": "silver", "asked": "00000042"}));

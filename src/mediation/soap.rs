@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 
 use bytes::Bytes;
+use http::HeaderValue;
 use minijinja::{AutoEscape, Environment, UndefinedBehavior};
 use regex::Regex;
 use serde_json::Value;
@@ -67,20 +68,14 @@ impl FaultRule {
     }
 }
 
-/// What the gateway sends the backend.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BackendRequest {
-    pub path: String,
-    pub content_type: String,
-    /// The `SOAPAction` header (SOAP 1.1; 1.2 carries the action in the content type).
-    pub soap_action: Option<String>,
-    pub body: Bytes,
-}
-
 pub struct SoapMediation {
     pub version: SoapVersion,
     pub action: String,
     pub path: String,
+    /// The request's `Content-Type`, with the action in it for SOAP 1.2; made once.
+    pub content_type: HeaderValue,
+    /// The `SOAPAction` header (SOAP 1.1 only); made once.
+    pub soap_action: Option<HeaderValue>,
     templates: Environment<'static>,
     pub response: ResponseMapping,
     pub faults: Vec<FaultRule>,
@@ -124,7 +119,15 @@ impl SoapMediation {
         limits: XmlLimits,
     ) -> Result<SoapMediation, String> {
         let templates = environment(template)?;
-        Ok(SoapMediation { version, action, path, templates, response, faults, limits })
+        let header =
+            |text: String| HeaderValue::try_from(text).map_err(|_| "the action cannot be sent in a header".to_string());
+        let (content_type, soap_action) = match version {
+            SoapVersion::V11 => {
+                (HeaderValue::from_static("text/xml; charset=utf-8"), Some(header(format!("\"{action}\""))?))
+            }
+            SoapVersion::V12 => (header(format!("application/soap+xml; charset=utf-8; action=\"{action}\""))?, None),
+        };
+        Ok(SoapMediation { version, action, path, content_type, soap_action, templates, response, faults, limits })
     }
 
     /// Renders the envelope for `inputs`.
@@ -157,14 +160,9 @@ impl SoapMediation {
         Ok(())
     }
 
-    /// The backend request for `inputs`.
-    pub fn request(&self, inputs: &Inputs) -> Result<BackendRequest, Problem> {
-        let body = self.render(inputs).map_err(|reason| Problem::Internal { reason })?;
-        let (content_type, soap_action) = match self.version {
-            SoapVersion::V11 => ("text/xml; charset=utf-8".to_string(), Some(format!("\"{}\"", self.action))),
-            SoapVersion::V12 => (format!("application/soap+xml; charset=utf-8; action=\"{}\"", self.action), None),
-        };
-        Ok(BackendRequest { path: self.path.clone(), content_type, soap_action, body: Bytes::from(body) })
+    /// The envelope the backend gets for `inputs`.
+    pub fn envelope(&self, inputs: &Inputs) -> Result<Bytes, Problem> {
+        self.render(inputs).map(Bytes::from).map_err(|reason| Problem::Internal { reason })
     }
 
     /// The caller's JSON from the backend's answer: a mapped Fault, a refusal of an answer that
@@ -302,15 +300,15 @@ mod tests {
     #[test]
     fn every_value_is_escaped_and_the_envelope_stays_well_formed() {
         let soap = mediation(SoapVersion::V11, TEMPLATE_11);
-        let request = soap.request(&inputs(r#"<&"'>"#)).unwrap();
-        let body = std::str::from_utf8(&request.body).unwrap();
+        let envelope = soap.envelope(&inputs(r#"<&"'>"#)).unwrap();
+        let body = std::str::from_utf8(&envelope).unwrap();
         assert!(body.contains("<Id>&lt;&amp;&quot;&#x27;&gt;</Id>"), "{body}");
         let doc = Document::parse(body.as_bytes(), XmlLimits { max_bytes: 4096, max_depth: 16 }).unwrap();
         let ns = BTreeMap::from([("s".into(), SOAP11_ENVELOPE.into()), ("c".into(), "urn:crm".into())]);
         let id = Selector::parse("s:Envelope/s:Body/c:GetCustomer/c:Id", &ns).unwrap();
         assert_eq!(doc.select(Document::ROOT, &id), vec![r#"<&"'>"#]);
-        assert_eq!(request.soap_action.as_deref(), Some("\"urn:crm/GetCustomer\""));
-        assert_eq!(request.content_type, "text/xml; charset=utf-8");
+        assert_eq!(soap.soap_action.as_ref().map(|v| v.to_str().unwrap()), Some("\"urn:crm/GetCustomer\""));
+        assert_eq!(soap.content_type, "text/xml; charset=utf-8");
 
         let unsafe_template = TEMPLATE_11.replace("{{ id }}", "{{ id|safe }}");
         let escaped = SoapMediation::new(
@@ -329,9 +327,8 @@ mod tests {
     fn soap12_carries_the_action_in_the_content_type() {
         let template = TEMPLATE_11.replace(SOAP11_ENVELOPE, SOAP12_ENVELOPE);
         let soap = mediation(SoapVersion::V12, &template);
-        let request = soap.request(&inputs("1")).unwrap();
-        assert_eq!(request.content_type, r#"application/soap+xml; charset=utf-8; action="urn:crm/GetCustomer""#);
-        assert_eq!(request.soap_action, None);
+        assert_eq!(soap.content_type, r#"application/soap+xml; charset=utf-8; action="urn:crm/GetCustomer""#);
+        assert_eq!(soap.soap_action, None);
         soap.check_template(&inputs("1")).unwrap();
         let wrong = mediation(SoapVersion::V12, TEMPLATE_11);
         assert!(wrong.check_template(&inputs("1")).unwrap_err().contains("not a SOAP 1.2 Envelope"));

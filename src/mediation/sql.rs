@@ -85,9 +85,9 @@ impl SqlMediation {
             let value = match self.columns.get(&column) {
                 None => value,
                 Some(&ty) => {
-                    let text = match &value {
-                        Value::String(s) => s.clone(),
-                        other => other.to_string(),
+                    let text: std::borrow::Cow<'_, str> = match &value {
+                        Value::String(s) => s.into(),
+                        other => other.to_string().into(),
                     };
                     typed(ty, &text).ok_or_else(|| Problem::UpstreamBadAnswer {
                         reason: format!("column `{column}` is not of type {}", ty.label()),
