@@ -96,6 +96,11 @@ SCENARIOS = [
              "/balance/ACC-1001", peers=("seawall",), backend_path=""),
 ]
 
+# The baseline peer "pingora" (examples/bare_pingora.rs: Pingora's smallest proxy with Seawall's
+# build profile and allocator) proxies and nothing else, so it runs the plain proxy scenarios
+# only. Seawall against it is what Seawall's own work costs; it against nginx is Pingora's.
+BARE_PINGORA_SCENARIOS = ("small", "16k", "post2k", "small_c200", "small_c1000")
+
 # The mediation scenarios' pieces.
 SOAP_ANSWER = ('<?xml version="1.0" encoding="utf-8"?><s:Envelope xmlns:s="http://schemas.xmlsoap.org/soap/envelope/">'
                '<s:Body><GetCustomerResponse xmlns="urn:crm"><Customer vip="true"><Name>Ada Lovelace</Name>'
@@ -634,8 +639,16 @@ def process_tree(pid):
     return pids
 
 
-def make_peers(names, seawall_bin, backend_port, workdir, access_log, variants=None, slow_port=None):
-    """`variants` maps extra peer names to other Seawall binaries (A/B runs: `--variant`)."""
+def runs_scenario(peer_name, scenario):
+    if scenario.peers and peer_name not in scenario.peers:
+        return False
+    return peer_name != "pingora" or scenario.name in BARE_PINGORA_SCENARIOS
+
+
+def make_peers(names, seawall_bin, backend_port, workdir, access_log, variants=None, slow_port=None,
+               pingora_bin=None):
+    """`variants` maps extra peer names to other Seawall binaries (A/B runs: `--variant`);
+    `pingora_bin` is the bare Pingora proxy (peer "pingora"), which keeps no access log."""
     variants = variants or {}
     peers = []
     tag = "logs" if access_log else "nologs"
@@ -653,6 +666,8 @@ def make_peers(names, seawall_bin, backend_port, workdir, access_log, variants=N
             with open(conf, "w") as f:
                 f.write(nginx_conf(port, backend_port, workdir, access_log, tls_ports, slow_port))
             argv = [shutil.which("nginx") or "/usr/sbin/nginx", "-c", conf, "-p", workdir, "-e", os.path.join(workdir, "nginx-error.log")]
+        elif name == "pingora":
+            argv = [pingora_bin, f"127.0.0.1:{port}", f"127.0.0.1:{backend_port}"]
         elif name == "haproxy":
             conf = os.path.join(workdir, f"haproxy-{tag}.cfg")
             with open(conf, "w") as f:
@@ -914,8 +929,9 @@ def idle_connections(peer, count):
 
 def table(results, scenarios, peers, title):
     lines = [f"### {title}", "",
-             "| scenario | peer | requests/s | CPU µs/request | peak RSS MB | errors | CPU ratio vs nginx | vs HAProxy |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| scenario | peer | requests/s | CPU µs/request | peak RSS MB | errors | CPU ratio vs nginx | vs HAProxy "
+             "| vs bare Pingora |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for s in scenarios:
         r = results.get(s.name, {})
         base = {p: r[p]["cpu_us_per_request"]["median"] for p in r}
@@ -926,9 +942,10 @@ def table(results, scenarios, peers, title):
             cpu = x["cpu_us_per_request"]
             rel_n = f"{ratio(cpu['median'], base['nginx']):.2f}×" if "nginx" in base else "–"
             rel_h = f"{ratio(cpu['median'], base['haproxy']):.2f}×" if "haproxy" in base else "–"
+            rel_p = f"{ratio(cpu['median'], base['pingora']):.2f}×" if "pingora" in base else "–"
             lines.append(
                 f"| {s.name} | {p} | {x['rps']['median']:.0f} | {cpu['median']:.1f} ({cpu['min']:.1f}–{cpu['max']:.1f}) | "
-                f"{x['peak_rss_kb'] / 1024:.1f} | {x['errors']} | {rel_n} | {rel_h} |")
+                f"{x['peak_rss_kb'] / 1024:.1f} | {x['errors']} | {rel_n} | {rel_h} | {rel_p} |")
     return "\n".join(lines)
 
 
@@ -1037,7 +1054,9 @@ def main(argv=None):
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--duration", type=int, default=10)
     ap.add_argument("--scenarios", default=",".join(s.name for s in SCENARIOS))
-    ap.add_argument("--peers", default="seawall,nginx,haproxy")
+    ap.add_argument("--peers", default="seawall,nginx,haproxy,pingora",
+                    help="seawall, nginx, haproxy and pingora (the bare Pingora baseline, plain proxy scenarios only)")
+    ap.add_argument("--pingora", help="path to the bare_pingora example (default: next to --seawall)")
     ap.add_argument("--no-logs-table", action="store_true", help="skip the second table (access logs on)")
     ap.add_argument("--idle", type=int, default=IDLE_CONNECTIONS, help="idle connections (0: skip)")
     ap.add_argument("--no-latency", dest="latency", action="store_false", help="skip the open-loop latency runs")
@@ -1066,6 +1085,12 @@ def main(argv=None):
               file=sys.stderr)
         scenarios = [s for s in scenarios if s.listener != "mtls"]
     peers = args.peers.split(",") + [name for name in alternatives if name not in args.peers.split(",")]
+    if "pingora" in peers:
+        args.pingora = args.pingora or os.path.join(os.path.dirname(args.seawall), "examples", "bare_pingora")
+        if not os.access(args.pingora, os.X_OK):
+            print(f"loadtest: no bare Pingora at {args.pingora} (cargo build --release --example bare_pingora);"
+                  " measuring without it", file=sys.stderr)
+            peers.remove("pingora")
     if args.smoke:
         args.rounds, args.duration, args.no_logs_table, args.latency, args.throttle = 1, 1, True, False, False
         scenarios = [s for s in scenarios if s.connections <= 200]
@@ -1098,14 +1123,17 @@ def main(argv=None):
         variants = [("nologs", False)] + ([] if args.no_logs_table else [("logs", True)])
         for tag, access_log in variants:
             runs = {}
-            live = make_peers(peers, args.seawall, backend_port, workdir, access_log, alternatives, slow.port)
+            # The bare Pingora has no access log to switch on, no usage plan and no cache.
+            tag_peers = [p for p in peers if not (access_log and p == "pingora")]
+            live = make_peers(tag_peers, args.seawall, backend_port, workdir, access_log, alternatives, slow.port,
+                              args.pingora)
             for p in live:
                 p.start()
             try:
                 for rnd in range(args.rounds):
                     for s in scenarios:
                         for p in live:
-                            if s.peers and p.name not in s.peers:
+                            if not runs_scenario(p.name, s):
                                 continue
                             r = measure(p, s, args.duration, workdir, token)
                             runs.setdefault(s.name, {}).setdefault(p.name, []).append(r)
@@ -1126,7 +1154,7 @@ def main(argv=None):
                                     failures.append(f"latency {rate} {p.name}: {r['errors']} errors {r['error_kinds']}")
                 throttle = {}
                 if args.throttle and tag == "nologs" and shutil.which("oha"):
-                    for p in live:
+                    for p in (p for p in live if p.name != "pingora"):
                         throttle[p.name] = throttle_accuracy(p, backend_port)
                         t = throttle[p.name]
                         print(f"[throttle] {p.name:8} offered {t['offered_rps']:.0f} req/s, backend saw "
@@ -1135,7 +1163,7 @@ def main(argv=None):
                 herd = {}
                 if args.herd and tag == "nologs":
                     for rnd in range(args.rounds):
-                        for p in live:
+                        for p in (p for p in live if p.name != "pingora"):
                             h = thundering_herd(p, slow, f"{p.name}-{rnd}", herd_size)
                             herd.setdefault(p.name, []).append(h)
                             print(f"[herd round {rnd + 1}] {p.name:8} {h['requests']} requests at once: "

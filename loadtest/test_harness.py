@@ -146,6 +146,27 @@ class ConfigTest(unittest.TestCase):
                 continue
             self.assertIn(f"location = {s.backend_path or s.path} ", conf, s.name)
 
+    def test_bare_pingora_runs_only_plain_proxy_scenarios(self):
+        by_name = {s.name: s for s in harness.SCENARIOS}
+        ran = {s.name for s in harness.SCENARIOS if harness.runs_scenario("pingora", s)}
+        self.assertEqual(ran, set(harness.BARE_PINGORA_SCENARIOS))
+        for name in ran:
+            s = by_name[name]
+            self.assertEqual((s.listener, s.bearer, s.refused, s.peers), ("plain", False, False, None), name)
+        self.assertFalse(harness.runs_scenario("nginx", by_name["genesys_route"]))
+        self.assertTrue(harness.runs_scenario("seawall", by_name["genesys_route"]))
+
+    def test_table_gives_ratios_to_each_peer_present(self):
+        one = {"rps": {"median": 1000}, "cpu_us_per_request": {"median": 0, "min": 0, "max": 0},
+               "peak_rss_kb": 1024, "errors": 0}
+        def peer(cpu):
+            return dict(one, cpu_us_per_request={"median": cpu, "min": cpu, "max": cpu})
+        small = [s for s in harness.SCENARIOS if s.name == "small"]
+        text = harness.table({"small": {"seawall": peer(30), "nginx": peer(15), "pingora": peer(20)}},
+                             small, ["seawall", "nginx", "pingora"], "t")
+        row = [line for line in text.splitlines() if line.startswith("| small | seawall")][0]
+        self.assertTrue(row.endswith("| 2.00× | – | 1.50× |"), row)
+
     def test_tls_listeners_match_each_other(self):
         with tempfile.TemporaryDirectory() as d:
             ports = (1100, 1101)

@@ -6,12 +6,22 @@
 use std::fmt::Write;
 use std::net::IpAddr;
 
+use bytes::BytesMut;
+use http::header::{GetAll, HeaderName};
 use http::HeaderValue;
 use pingora::Result;
 use pingora_http::{RequestHeader, ResponseHeader};
 
 /// Response fields that describe the upstream connection, not the answer.
 const HOP_BY_HOP_RESPONSE: &[&str] = &["keep-alive", "proxy-connection", "proxy-authenticate", "upgrade", "te"];
+
+/// The fields added upstream, named as they are sent (Pingora keeps each field's case).
+const X_FORWARDED_HOST: &str = "X-Forwarded-Host";
+const X_FORWARDED_FOR: &str = "X-Forwarded-For";
+const X_FORWARDED_PROTO: &str = "X-Forwarded-Proto";
+const X_REQUEST_ID: &str = "X-Request-Id";
+const HTTP: HeaderValue = HeaderValue::from_static("http");
+const HTTPS: HeaderValue = HeaderValue::from_static("https");
 
 /// Facts about the caller's request that the upstream request carries.
 pub struct Forwarded<'a> {
@@ -30,28 +40,50 @@ pub struct Forwarded<'a> {
 /// `X-Forwarded-For` is kept (the socket peer is appended) but never trusted here.
 pub fn upstream_request(req: &mut RequestHeader, f: &Forwarded<'_>) -> Result<()> {
     if let Some(host) = f.original_host {
-        req.insert_header("x-forwarded-host", host.clone())?;
+        req.insert_header(X_FORWARDED_HOST, host.clone())?;
     }
     req.insert_header(http::header::HOST, f.upstream_host.clone())?;
     if let Some(ip) = f.peer_ip {
-        let mut value = String::with_capacity(48);
-        for previous in req.headers.get_all("x-forwarded-for") {
-            if let Ok(previous) = previous.to_str() {
-                value.push_str(previous);
-                value.push_str(", ");
-            }
-        }
-        let _ = write!(value, "{ip}");
-        req.insert_header("x-forwarded-for", value)?;
+        let value = forwarded_for(req.headers.get_all(X_FORWARDED_FOR), ip);
+        req.insert_header(X_FORWARDED_FOR, value)?;
     }
-    req.insert_header("x-forwarded-proto", if f.tls { "https" } else { "http" })?;
-    req.insert_header("x-request-id", f.request_id.clone())?;
+    req.insert_header(X_FORWARDED_PROTO, if f.tls { HTTPS } else { HTTP })?;
+    req.insert_header(X_REQUEST_ID, f.request_id.clone())?;
     Ok(())
 }
 
+/// The caller's `X-Forwarded-For` values (those that are text) and `ip`, comma-separated in one
+/// value, built in one buffer that the header value then shares.
+fn forwarded_for(previous: GetAll<'_, HeaderValue>, ip: IpAddr) -> HeaderValue {
+    let mut value = BytesMut::with_capacity(48);
+    for previous in previous {
+        if previous.to_str().is_ok() {
+            value.extend_from_slice(previous.as_bytes());
+            value.extend_from_slice(b", ");
+        }
+    }
+    let _ = write!(value, "{ip}");
+    HeaderValue::from_maybe_shared(value.freeze()).expect("text values and an address are a valid header value")
+}
+
 /// Drops hop-by-hop fields, and those the upstream named in `Connection`, from its answer
-/// (Pingora writes the caller's own `Connection` field).
+/// (Pingora writes the caller's own `Connection` field). Most answers carry none: finding that
+/// out costs one pass over the names and no allocation.
 pub fn strip_hop_by_hop(resp: &mut ResponseHeader) {
+    let nominates = |v: &HeaderValue| {
+        v.as_bytes()
+            .split(|b| *b == b',')
+            .map(<[u8]>::trim_ascii)
+            .any(|t| !t.is_empty() && !t.eq_ignore_ascii_case(b"close") && !t.eq_ignore_ascii_case(b"keep-alive"))
+    };
+    let is_hop_by_hop = |name: &HeaderName| HOP_BY_HOP_RESPONSE.contains(&name.as_str());
+    let any = resp
+        .headers
+        .iter()
+        .any(|(name, value)| is_hop_by_hop(name) || (name == http::header::CONNECTION && nominates(value)));
+    if !any {
+        return;
+    }
     let nominated: Vec<String> = resp
         .headers
         .get_all(http::header::CONNECTION)
@@ -105,5 +137,50 @@ mod tests {
         assert!(resp.headers.get("x-internal").is_none());
         assert!(resp.headers.get("keep-alive").is_none());
         assert_eq!(resp.headers["x-kept"], "1");
+    }
+
+    #[test]
+    fn an_answer_without_hop_by_hop_fields_is_left_as_it_is() {
+        let mut resp = ResponseHeader::build(200, None).unwrap();
+        resp.insert_header("Connection", "Keep-Alive, close").unwrap();
+        resp.insert_header("Content-Type", "application/json").unwrap();
+        let before: Vec<_> = resp.headers.iter().map(|(n, v)| (n.clone(), v.clone())).collect();
+        strip_hop_by_hop(&mut resp);
+        let after: Vec<_> = resp.headers.iter().map(|(n, v)| (n.clone(), v.clone())).collect();
+        assert_eq!(before, after);
+
+        // One hop-by-hop field alone, or one token named in `Connection`, is enough.
+        let mut resp = ResponseHeader::build(200, None).unwrap();
+        resp.insert_header("Upgrade", "h2c").unwrap();
+        strip_hop_by_hop(&mut resp);
+        assert!(resp.headers.get("upgrade").is_none());
+        let mut resp = ResponseHeader::build(200, None).unwrap();
+        resp.insert_header("Connection", "keep-alive, X-Trace").unwrap();
+        resp.insert_header("X-Trace", "1").unwrap();
+        strip_hop_by_hop(&mut resp);
+        assert!(resp.headers.get("x-trace").is_none());
+    }
+
+    #[test]
+    fn the_peer_alone_when_the_caller_sent_no_forwarded_for() {
+        let mut req = RequestHeader::build("GET", b"/a", None).unwrap();
+        let id = HeaderValue::from_static("id-1");
+        let upstream = HeaderValue::from_static("10.0.0.1:8080");
+        let f = Forwarded {
+            original_host: None,
+            peer_ip: Some("2001:db8::7".parse().unwrap()),
+            request_id: &id,
+            upstream_host: &upstream,
+            tls: true,
+        };
+        upstream_request(&mut req, &f).unwrap();
+        assert_eq!(req.headers["x-forwarded-for"], "2001:db8::7");
+        assert_eq!(req.headers["x-forwarded-proto"], "https");
+        assert!(req.headers.get("x-forwarded-host").is_none());
+        // Sent with the case given here (Pingora keeps each field's case on the wire).
+        let mut wire = Vec::new();
+        req.header_to_h1_wire(&mut wire);
+        let wire = String::from_utf8(wire).unwrap();
+        assert!(wire.contains("X-Forwarded-For: 2001:db8::7\r\n"), "{wire}");
     }
 }

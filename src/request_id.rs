@@ -1,6 +1,6 @@
 //! `X-Request-Id`: the caller's when sane, else a fresh random one. Called in `request_filter`.
 
-use http::HeaderValue;
+use http::{HeaderName, HeaderValue};
 use pingora_http::RequestHeader;
 
 /// Longest caller-supplied id passed through.
@@ -9,7 +9,9 @@ pub const MAX_LEN: usize = 128;
 /// The caller's id if it is 1..=128 characters of `[A-Za-z0-9._:+/=-]`, else a new one.
 /// A header value, so passing it on costs a reference count, not a copy.
 pub fn from_request(req: &RequestHeader) -> HeaderValue {
-    match req.headers.get("x-request-id") {
+    // A typed name: looked up without parsing and lowering a string first.
+    const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+    match req.headers.get(X_REQUEST_ID) {
         Some(id) if is_sane(id.as_bytes()) => id.clone(),
         _ => generate(),
     }

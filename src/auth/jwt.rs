@@ -2,8 +2,9 @@
 //! backend, the claims checked here against an injected "now". Called from `request_filter`
 //! for routes with `auth.jwt`.
 //!
-//! Order of work, cheapest refusal first: size and shape (no crypto for garbage), the verified
-//! token cache (steady state is a hash and a lookup), header `alg` against the provider's
+//! Order of work, cheapest refusal first: size, the verified token cache (steady state is a hash
+//! and a lookup: a cached token passed every check below), shape (no crypto for garbage), header
+//! `alg` against the provider's
 //! allowlist, the key picked by `kid` and matched to the algorithm's family (no `none`, no HS*
 //! with a public key), the signature, then `exp`/`nbf`/`iat`/`iss`/`aud`.
 
@@ -203,7 +204,7 @@ impl JwtProvider {
 
     /// Verifies a bearer token at unix time `now`.
     pub fn verify(&self, token: &str, now: u64) -> Result<Arc<Principal>, TokenError> {
-        check_shape(token)?;
+        check_size(token)?;
         let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
         let keys = self.key_set();
         if let (Some(hit), _) = self.cache.get(&digest) {
@@ -215,6 +216,7 @@ impl JwtProvider {
                 return Err(TokenError::Expired);
             }
         }
+        check_shape(token)?;
         let principal = Arc::new(self.verify_uncached(token, now, &keys.keys)?);
         let ttl = principal.expires_at.saturating_add(self.leeway).saturating_sub(now);
         let entry = Verified { principal: principal.clone(), generation: keys.generation };
@@ -348,13 +350,16 @@ pub fn unix_now() -> u64 {
 }
 
 /// Size and shape before any crypto: three base64url parts, the signature not empty.
+fn check_size(token: &str) -> Result<(), TokenError> {
+    match token.len() {
+        0 => Err(TokenError::Missing),
+        n if n > MAX_TOKEN_BYTES => Err(TokenError::TooLarge),
+        _ => Ok(()),
+    }
+}
+
+/// Three non-empty base64url parts, the first decoding: checked before any key is looked at.
 fn check_shape(token: &str) -> Result<(), TokenError> {
-    if token.is_empty() {
-        return Err(TokenError::Missing);
-    }
-    if token.len() > MAX_TOKEN_BYTES {
-        return Err(TokenError::TooLarge);
-    }
     let mut parts = token.split('.');
     let (Some(header), Some(payload), Some(signature), None) = (parts.next(), parts.next(), parts.next(), parts.next())
     else {
@@ -364,8 +369,8 @@ fn check_shape(token: &str) -> Result<(), TokenError> {
     if !(b64url(header) && b64url(payload) && b64url(signature)) {
         return Err(TokenError::Malformed);
     }
-    // A header that is not base64url JSON is refused here too (decode_header does it again,
-    // cheaply, but this keeps garbage away from the cache hash).
+    // A header that is not base64url is refused here too (decode_header does it again, cheaply,
+    // but this keeps garbage away from the key lookup).
     base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(header).map_err(|_| TokenError::Malformed)?;
     Ok(())
 }
