@@ -4,9 +4,8 @@
 //!
 //! Order of work, cheapest refusal first: size, the verified token cache (steady state is a hash
 //! and a lookup: a cached token passed every check below), shape (no crypto for garbage), header
-//! `alg` against the provider's
-//! allowlist, the key picked by `kid` and matched to the algorithm's family (no `none`, no HS*
-//! with a public key), the signature, then `exp`/`nbf`/`iat`/`iss`/`aud`.
+//! `alg` against the provider's allowlist, the key picked by `kid` and matched to the algorithm's
+//! family (no `none`, no HS* with a public key), the signature, then `exp`/`nbf`/`iat`/`iss`/`aud`.
 
 use std::collections::HashSet;
 use std::sync::{Arc, RwLock};
@@ -349,7 +348,7 @@ pub fn unix_now() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
-/// Size and shape before any crypto: three base64url parts, the signature not empty.
+/// An empty or oversized token is refused before it is even hashed.
 fn check_size(token: &str) -> Result<(), TokenError> {
     match token.len() {
         0 => Err(TokenError::Missing),
