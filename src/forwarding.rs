@@ -67,35 +67,27 @@ fn forwarded_for(previous: GetAll<'_, HeaderValue>, ip: IpAddr) -> HeaderValue {
 }
 
 /// Drops hop-by-hop fields, and those the upstream named in `Connection`, from its answer
-/// (Pingora writes the caller's own `Connection` field). Most answers carry none: finding that
-/// out costs one pass over the names and no allocation.
+/// (Pingora writes the caller's own `Connection` field). One pass over the fields; most answers
+/// carry none, and then nothing is allocated.
 pub fn strip_hop_by_hop(resp: &mut ResponseHeader) {
-    let nominates = |v: &HeaderValue| {
-        v.as_bytes()
-            .split(|b| *b == b',')
-            .map(<[u8]>::trim_ascii)
-            .any(|t| !t.is_empty() && !t.eq_ignore_ascii_case(b"close") && !t.eq_ignore_ascii_case(b"keep-alive"))
-    };
-    let is_hop_by_hop = |name: &HeaderName| HOP_BY_HOP_RESPONSE.contains(&name.as_str());
-    let any = resp
-        .headers
-        .iter()
-        .any(|(name, value)| is_hop_by_hop(name) || (name == http::header::CONNECTION && nominates(value)));
-    if !any {
-        return;
+    let mut doomed: Vec<HeaderName> = Vec::new();
+    for (name, value) in &resp.headers {
+        if HOP_BY_HOP_RESPONSE.contains(&name.as_str()) {
+            doomed.push(name.clone());
+        } else if name == http::header::CONNECTION {
+            doomed.extend(nominated(value).filter_map(|token| HeaderName::from_bytes(token).ok()));
+        }
     }
-    let nominated: Vec<String> = resp
-        .headers
-        .get_all(http::header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(|t| t.trim().to_ascii_lowercase())
-        .filter(|t| !t.is_empty() && t != "close" && t != "keep-alive")
-        .collect();
-    for name in HOP_BY_HOP_RESPONSE.iter().copied().chain(nominated.iter().map(String::as_str)) {
+    for name in &doomed {
         resp.remove_header(name);
     }
+}
+
+/// The field names a `Connection` value nominates (its tokens but `close` and `keep-alive`).
+fn nominated(value: &HeaderValue) -> impl Iterator<Item = &[u8]> {
+    value.as_bytes().split(|b| *b == b',').map(<[u8]>::trim_ascii).filter(|token| {
+        !token.is_empty() && !token.eq_ignore_ascii_case(b"close") && !token.eq_ignore_ascii_case(b"keep-alive")
+    })
 }
 
 #[cfg(test)]
