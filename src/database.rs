@@ -144,12 +144,12 @@ impl Database {
         result.map_err(|e| e.to_string())
     }
 
-    /// Runs the statement with `params`; at most `max_rows` rows are read. Bounded by the
-    /// statement timeout and by `time_left`, whichever is first.
+    /// Runs the statement with `params` (bound as they are, not copied); at most `max_rows` rows
+    /// are read. Bounded by the statement timeout and by `time_left`, whichever is first.
     pub async fn fetch(
         &self,
         statement: &str,
-        params: &[Param],
+        params: Vec<Param>,
         max_rows: usize,
         time_left: Duration,
     ) -> Result<Vec<JsonRow>, Problem> {
@@ -174,7 +174,7 @@ impl Database {
         &self,
         pool: &SqlitePool,
         statement: &str,
-        params: &[Param],
+        params: Vec<Param>,
         max_rows: usize,
     ) -> Result<Vec<JsonRow>, FetchError> {
         let mut conn = pool.acquire().await.map_err(FetchError::Sql)?;
@@ -237,7 +237,7 @@ fn is_statement_timeout(e: &dyn sqlx::error::DatabaseError) -> bool {
 async fn fetch_rows<'c, E, DB>(
     executor: E,
     statement: &str,
-    params: &[Param],
+    params: Vec<Param>,
     max_rows: usize,
     cell: fn(&DB::Row, usize) -> Result<Value, String>,
 ) -> Result<Vec<JsonRow>, FetchError>
@@ -254,10 +254,10 @@ where
     let mut query = sqlx::query::<DB>(statement);
     for param in params {
         query = match param {
-            Param::Text(s) => query.bind(s.clone()),
-            Param::Int(i) => query.bind(*i),
-            Param::Float(f) => query.bind(*f),
-            Param::Bool(b) => query.bind(*b),
+            Param::Text(s) => query.bind(s),
+            Param::Int(i) => query.bind(i),
+            Param::Float(f) => query.bind(f),
+            Param::Bool(b) => query.bind(b),
             Param::Null => query.bind(None::<String>),
         };
     }

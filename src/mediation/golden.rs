@@ -302,7 +302,7 @@ fn play_sql(
         for (i, statement) in seed.iter().enumerate() {
             database.execute(statement).await.map_err(|e| format!("`backend.seed[{i}]`: {e}"))?;
         }
-        Ok::<_, String>(database.fetch(&sql.statement, &params, sql.rows_to_fetch(), Duration::from_secs(10)).await)
+        Ok::<_, String>(database.fetch(&sql.statement, params, sql.rows_to_fetch(), Duration::from_secs(10)).await)
     })?;
     let actual = match rows.and_then(|rows| sql.answer(rows)) {
         Ok(value) => Expected { status: 200, body: value },

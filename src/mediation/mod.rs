@@ -172,7 +172,7 @@ impl Mediation {
             }
             (MediationBackend::Sql(sql), Backend::Database(database)) => {
                 let params = sql.params(inputs);
-                match database.fetch(&sql.statement, &params, sql.rows_to_fetch(), call.time_left).await {
+                match database.fetch(&sql.statement, params, sql.rows_to_fetch(), call.time_left).await {
                     // The database answered: for the outcome, as an HTTP backend's 200.
                     Ok(rows) => (sql.answer(rows), Some(200)),
                     Err(problem) => failed(problem),
