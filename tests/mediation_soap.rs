@@ -382,11 +382,15 @@ async fn mediated_answers_are_cached_a_herd_costs_one_call_and_stale_covers_fail
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::Arc;
     let failing = Arc::new(AtomicBool::new(false));
-    let flag = failing.clone();
+    // The SOAP service answers nothing until the test opens the gate: the whole herd is inside
+    // the gateway by then, so one call proves the herd was collapsed, not that it came in turns.
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let (flag, held) = (failing.clone(), gate.clone());
     let backend = Backend::start(move |_| {
         let fail = flag.load(Ordering::SeqCst);
+        let held = held.clone();
         Box::pin(async move {
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            let _open = held.acquire().await.expect("the gate is never closed");
             if fail {
                 xml(500, fault11("Server"))
             } else {
@@ -409,6 +413,12 @@ async fn mediated_answers_are_cached_a_herd_costs_one_call_and_stale_covers_fail
             })
         })
         .collect();
+    let gathered = std::time::Instant::now() + Duration::from_secs(10);
+    while gw.gateway.active_requests() < 100 {
+        assert!(std::time::Instant::now() < gathered, "the herd never gathered in the gateway");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    gate.add_permits(tokio::sync::Semaphore::MAX_PERMITS / 2);
     for request in herd {
         let (status, cache_status, body) = request.await.unwrap();
         assert_eq!(status, 200, "{body}");
