@@ -32,9 +32,18 @@ listeners: [{ name: public, address: "127.0.0.1:${PORT}" }]
 admin: { address: "127.0.0.1:${ADMIN_PORT}" }
 "#;
 
-/// A free loopback port (bound, read, released).
+/// A free loopback port (bound, read, released), never the same twice in one test binary: the
+/// kernel may hand a just-released ephemeral port out again, and a listener and an admin port
+/// that collide make a config invalid.
 pub fn free_port() -> u16 {
-    StdListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    static GIVEN: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    loop {
+        let port = StdListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        if GIVEN.lock().unwrap_or_else(|e| e.into_inner()).insert(port) {
+            return port;
+        }
+    }
 }
 
 /// A running gateway; dropping it stops it.
