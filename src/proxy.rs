@@ -436,8 +436,7 @@ impl SeawallProxy {
         ctx.deadline = Some(Deadline::after(ctx.start, route.timeout));
 
         if let Some(peer) = ctx.peer_ip {
-            let forwarded_for = req.headers.get_all("x-forwarded-for").iter().filter_map(|v| v.to_str().ok());
-            ctx.client_ip = Some(auth::ip::client_ip(peer, &config.trusted_proxies, forwarded_for));
+            ctx.client_ip = Some(auth::ip::client_ip(peer, &config.trusted_proxies, &req.headers));
         }
         if let Some(allowed) = self.gateway.allowlists().for_route(route_index) {
             if !ctx.client_ip.is_some_and(|ip| allowed.contains(ip)) {
@@ -462,15 +461,17 @@ impl SeawallProxy {
 
 #[async_trait]
 impl ProxyHttp for SeawallProxy {
-    type CTX = RequestCtx;
+    /// Boxed: Pingora keeps the context inside its per-connection future, which it moves into
+    /// a box of its own on every request; a pointer there moves 8 bytes instead of ~500.
+    type CTX = Box<RequestCtx>;
 
     fn init_downstream_modules(&self, _modules: &mut HttpModules) {
         // No downstream modules (Pingora adds a disabled compression module by default, which
         // still runs its filters on every request): answers pass as the backend made them.
     }
 
-    fn new_ctx(&self) -> RequestCtx {
-        RequestCtx {
+    fn new_ctx(&self) -> Box<RequestCtx> {
+        Box::new(RequestCtx {
             start: Instant::now(),
             request_id: HeaderValue::from_static(""),
             route: None,
@@ -496,10 +497,10 @@ impl ProxyHttp for SeawallProxy {
             problem: None,
             status: 0,
             _active: self.gateway.active_request(),
-        }
+        })
     }
 
-    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+    async fn request_filter(&self, session: &mut Session, ctx: &mut Self::CTX) -> Result<bool> {
         ctx.request_id = request_id::from_request(session.req_header());
         ctx.peer_ip = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip());
         ctx.client_ip = ctx.peer_ip;
@@ -560,7 +561,7 @@ impl ProxyHttp for SeawallProxy {
         }
     }
 
-    fn request_cache_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<()> {
+    fn request_cache_filter(&self, session: &mut Session, ctx: &mut Self::CTX) -> Result<()> {
         // After `request_filter`: a cached answer never skips a check.
         let (Some(cache), Some(route), Some(deadline)) = (&self.gateway.cache, ctx.route, ctx.deadline) else {
             return Ok(());
@@ -577,14 +578,14 @@ impl ProxyHttp for SeawallProxy {
         Ok(())
     }
 
-    fn cache_key_callback(&self, session: &Session, ctx: &mut RequestCtx) -> Result<CacheKey> {
+    fn cache_key_callback(&self, session: &Session, ctx: &mut Self::CTX) -> Result<CacheKey> {
         match ctx.cache_key.take().or_else(|| self.cache_key(session, ctx)) {
             Some(key) => Ok(key),
             None => Error::e_explain(ErrorType::InternalError, "cache key asked for a route without a cache"),
         }
     }
 
-    async fn proxy_upstream_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+    async fn proxy_upstream_filter(&self, session: &mut Session, ctx: &mut Self::CTX) -> Result<bool> {
         // Runs after a cache miss (or at once on uncached routes): what guards the backend, so a
         // cache hit is never charged, and only a request about to reach the backend takes a
         // bulkhead slot or a half-open probe.
@@ -628,7 +629,7 @@ impl ProxyHttp for SeawallProxy {
         &self,
         _session: &Session,
         response: &ResponseHeader,
-        ctx: &mut RequestCtx,
+        ctx: &mut Self::CTX,
     ) -> Result<RespCacheable> {
         let config = ctx.route.and_then(|r| self.gateway.config.routes[r].cache.as_ref());
         Ok(match config {
@@ -637,7 +638,7 @@ impl ProxyHttp for SeawallProxy {
         })
     }
 
-    fn should_serve_stale(&self, _session: &mut Session, ctx: &mut RequestCtx, error: Option<&Error>) -> bool {
+    fn should_serve_stale(&self, _session: &mut Session, ctx: &mut Self::CTX, error: Option<&Error>) -> bool {
         // Pingora has checked the entry's window (`stale_while_revalidate_secs` or
         // `stale_if_error_secs`); what is left is whether this failure is the backend's.
         let Some(error) = error else {
@@ -653,7 +654,7 @@ impl ProxyHttp for SeawallProxy {
         ctx.problem.as_ref().is_some_and(Problem::is_backend_failure)
     }
 
-    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
+    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Self::CTX) -> Result<Box<HttpPeer>> {
         let (Some(route), Some(deadline)) = (ctx.route, ctx.deadline) else {
             let problem = Problem::Internal { reason: "no route at upstream_peer".into() };
             let e = refused(&problem);
@@ -684,7 +685,7 @@ impl ProxyHttp for SeawallProxy {
         &self,
         session: &mut Session,
         _peer: &HttpPeer,
-        ctx: &mut RequestCtx,
+        ctx: &mut Self::CTX,
         mut e: Box<Error>,
     ) -> Box<Error> {
         // Nothing reached the backend, but the retry still has to fit the route's budget.
@@ -697,7 +698,7 @@ impl ProxyHttp for SeawallProxy {
         _peer: &HttpPeer,
         session: &mut Session,
         mut e: Box<Error>,
-        ctx: &mut RequestCtx,
+        ctx: &mut Self::CTX,
         client_reused: bool,
     ) -> Box<Error> {
         // A pooled connection the backend had already closed fails at once: one free retry.
@@ -721,7 +722,7 @@ impl ProxyHttp for SeawallProxy {
         &self,
         session: &mut Session,
         upstream_request: &mut RequestHeader,
-        ctx: &mut RequestCtx,
+        ctx: &mut Self::CTX,
     ) -> Result<()> {
         let Some(route_index) = ctx.route else {
             return Ok(());
@@ -752,7 +753,7 @@ impl ProxyHttp for SeawallProxy {
         _session: &mut Session,
         body: &mut Option<Bytes>,
         end_of_stream: bool,
-        ctx: &mut RequestCtx,
+        ctx: &mut Self::CTX,
     ) -> Result<()> {
         if let (Some(chunk), Some(route)) = (body.as_ref(), ctx.route) {
             ctx.body_bytes += chunk.len() as u64;
@@ -774,7 +775,7 @@ impl ProxyHttp for SeawallProxy {
         &self,
         _session: &mut Session,
         upstream_response: &mut ResponseHeader,
-        ctx: &mut RequestCtx,
+        ctx: &mut Self::CTX,
     ) -> Result<()> {
         if ctx.deadline.is_some_and(|d| d.expired(Instant::now())) {
             ctx.problem = Some(Problem::UpstreamTimeout);
@@ -792,7 +793,7 @@ impl ProxyHttp for SeawallProxy {
         _session: &mut Session,
         _body: &mut Option<Bytes>,
         _end_of_stream: bool,
-        ctx: &mut RequestCtx,
+        ctx: &mut Self::CTX,
     ) -> Result<Option<std::time::Duration>> {
         // A backend that trickles its body past the deadline is cut off (the caller already has
         // the status line, so it sees a truncated answer rather than waiting on).
@@ -809,7 +810,7 @@ impl ProxyHttp for SeawallProxy {
         &self,
         session: &mut Session,
         upstream_response: &mut ResponseHeader,
-        ctx: &mut RequestCtx,
+        ctx: &mut Self::CTX,
     ) -> Result<()> {
         upstream_response.insert_header("x-request-id", ctx.request_id.clone())?;
         if ctx.cache_enabled {
@@ -820,7 +821,7 @@ impl ProxyHttp for SeawallProxy {
         Ok(())
     }
 
-    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut RequestCtx) -> FailToProxy {
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Self::CTX) -> FailToProxy {
         if ctx.request_id.is_empty() {
             // Failed before `request_filter` ran.
             ctx.request_id = request_id::generate();
@@ -845,12 +846,12 @@ impl ProxyHttp for SeawallProxy {
         FailToProxy { error_code: ctx.status, can_reuse_downstream: false }
     }
 
-    fn suppress_error_log(&self, _session: &Session, _ctx: &RequestCtx, _error: &Error) -> bool {
+    fn suppress_error_log(&self, _session: &Session, _ctx: &Self::CTX, _error: &Error) -> bool {
         // The access log carries every failure with its reason and request id.
         true
     }
 
-    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Self::CTX) {
         let now = Instant::now();
         if ctx.status == 0 {
             ctx.status = session.response_written().map(|r| r.status.as_u16()).unwrap_or(499);
