@@ -11,6 +11,7 @@ use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use iprange::IpRange;
 
 use crate::config::Config;
+use crate::forwarding::X_FORWARDED_FOR_NAME;
 
 /// A set of IPv4 and IPv6 networks.
 #[derive(Clone, Default)]
@@ -84,18 +85,15 @@ pub fn parse_cidr(text: &str) -> Result<IpNet, String> {
         .map_err(|_| format!("`{text}` is not an IPv4/IPv6 address or CIDR (e.g. 52.0.0.0/8)"))
 }
 
-/// The client IP for policy and logs. `forwarded_for` are the request's `X-Forwarded-For`
-/// values in order; they are only read when the peer is a trusted proxy.
-pub fn client_ip<'a>(
-    peer: IpAddr,
-    trusted: &CidrSet,
-    forwarded_for: impl DoubleEndedIterator<Item = &'a str>,
-) -> IpAddr {
+/// The client IP for policy and logs: the peer, or when the peer is a trusted proxy, the
+/// right-most untrusted hop of the request's `X-Forwarded-For` (only then are they read).
+pub fn client_ip(peer: IpAddr, trusted: &CidrSet, headers: &http::HeaderMap) -> IpAddr {
     if trusted.is_empty() || !trusted.contains(peer) {
         return peer;
     }
     let mut client = peer;
-    let hops = forwarded_for.rev().flat_map(|value| value.rsplit(','));
+    let values = headers.get_all(X_FORWARDED_FOR_NAME).iter().filter_map(|v| v.to_str().ok());
+    let hops = values.rev().flat_map(|value| value.rsplit(','));
     for hop in hops {
         let Some(ip) = parse_hop(hop) else {
             // Garbage where a trusted proxy should have written an address: the client cannot
@@ -266,12 +264,20 @@ mod tests {
         assert_eq!(parse_cidr(" 10.0.0.1 ").unwrap().to_string(), "10.0.0.1/32");
     }
 
+    fn xff(values: &[&str]) -> http::HeaderMap {
+        let mut headers = http::HeaderMap::new();
+        for value in values {
+            headers.append("x-forwarded-for", value.parse().unwrap());
+        }
+        headers
+    }
+
     #[test]
     fn an_untrusted_peer_cannot_spoof_its_address() {
         let trusted = set(&["10.0.0.0/8"]);
         let peer = ip("203.0.113.9");
-        assert_eq!(client_ip(peer, &trusted, ["52.1.1.1"].into_iter()), peer);
-        assert_eq!(client_ip(peer, &CidrSet::default(), ["52.1.1.1"].into_iter()), peer);
+        assert_eq!(client_ip(peer, &trusted, &xff(&["52.1.1.1"])), peer);
+        assert_eq!(client_ip(peer, &CidrSet::default(), &xff(&["52.1.1.1"])), peer);
     }
 
     #[test]
@@ -279,14 +285,14 @@ mod tests {
         let trusted = set(&["10.0.0.0/8"]);
         let peer = ip("10.0.0.5");
         // The caller prepended a fake 52.x; the load balancer appended the real caller.
-        assert_eq!(client_ip(peer, &trusted, ["52.1.1.1, 198.51.100.4"].into_iter()), ip("198.51.100.4"));
-        assert_eq!(client_ip(peer, &trusted, ["52.1.1.1", "198.51.100.4, 10.1.1.1"].into_iter()), ip("198.51.100.4"));
-        assert_eq!(client_ip(peer, &trusted, ["[2001:db8::1]:443"].into_iter()), ip("2001:db8::1"));
-        assert_eq!(client_ip(peer, &trusted, ["198.51.100.4:5555"].into_iter()), ip("198.51.100.4"));
+        assert_eq!(client_ip(peer, &trusted, &xff(&["52.1.1.1, 198.51.100.4"])), ip("198.51.100.4"));
+        assert_eq!(client_ip(peer, &trusted, &xff(&["52.1.1.1", "198.51.100.4, 10.1.1.1"])), ip("198.51.100.4"));
+        assert_eq!(client_ip(peer, &trusted, &xff(&["[2001:db8::1]:443"])), ip("2001:db8::1"));
+        assert_eq!(client_ip(peer, &trusted, &xff(&["198.51.100.4:5555"])), ip("198.51.100.4"));
         // No header, or only trusted hops: the left-most trusted address is the best we know.
-        assert_eq!(client_ip(peer, &trusted, std::iter::empty()), peer);
-        assert_eq!(client_ip(peer, &trusted, ["10.9.9.9"].into_iter()), ip("10.9.9.9"));
+        assert_eq!(client_ip(peer, &trusted, &xff(&[])), peer);
+        assert_eq!(client_ip(peer, &trusted, &xff(&["10.9.9.9"])), ip("10.9.9.9"));
         // Garbage stops the walk: the nearest known address stands for the client.
-        assert_eq!(client_ip(peer, &trusted, ["198.51.100.4, junk"].into_iter()), peer);
+        assert_eq!(client_ip(peer, &trusted, &xff(&["198.51.100.4, junk"])), peer);
     }
 }
