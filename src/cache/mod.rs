@@ -13,7 +13,7 @@ pub mod store;
 
 use std::time::{Duration, SystemTime};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 
 use pingora_cache::cache_control::{CacheControl, InterpretCacheControl};
 use pingora_cache::filters::calculate_expires_header_time;
@@ -177,8 +177,10 @@ pub fn fresh_answer(
     parts.headers = fresh.hit_headers().clone();
     // RFC 9111 section 4: a stored answer used without validation carries `Age`.
     parts.headers.insert(AGE, http::HeaderValue::from(fresh.age_secs));
-    let status = format!("seawall; hit; ttl={}", fresh.ttl_secs);
-    parts.headers.insert(CACHE_STATUS, http::HeaderValue::from_str(&status).ok()?);
+    let mut status = BytesMut::with_capacity(HIT_STATUS.len() + 10);
+    status.extend_from_slice(HIT_STATUS);
+    status.extend_from_slice(itoa::Buffer::new().format(fresh.ttl_secs).as_bytes());
+    parts.headers.insert(CACHE_STATUS, http::HeaderValue::from_maybe_shared(status.freeze()).ok()?);
     parts.headers.insert(X_REQUEST_ID, request_id.clone());
     Some((ResponseHeader::from(parts), fresh.body()))
 }
@@ -186,6 +188,10 @@ pub fn fresh_answer(
 /// RFC 9211's field.
 pub const CACHE_STATUS: http::HeaderName = http::HeaderName::from_static("cache-status");
 const X_REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
+/// `Cache-Status` of a fresh hit, before its remaining TTL.
+const HIT_STATUS: &[u8] = b"seawall; hit; ttl=";
+/// The fields [`fresh_answer`] sets on every hit.
+const HIT_FIELDS: [http::HeaderName; 3] = [http::header::AGE, CACHE_STATUS, X_REQUEST_ID];
 
 /// Pingora's cache lock, with one change that keeps a herd to one backend request: Pingora
 /// looks a key up, then locks it on a miss, so a fill that completes in between would make this
@@ -345,6 +351,41 @@ mod tests {
         // A revalidation of a stale entry still gets to write.
         let Locked::Write(permit) = cache.lock.lock(&key, true) else { panic!("a revalidation must write") };
         cache.lock.release(&key, permit, LockStatus::Done);
+    }
+
+    #[tokio::test]
+    async fn a_fresh_hit_sends_the_stored_fields_and_sets_its_own() {
+        use pingora_cache::storage::Storage;
+        let storage = CacheStorageConfig { max_bytes: 1 << 20, max_object_bytes: 1 << 16 };
+        let cache = ResponseCache::new(&storage, &["r"], Clock::default(), Duration::from_secs(2));
+        let key = key::compose("r", &http::Method::GET, [Some(&b"7"[..])], None);
+        let stored = response(200, &[("content-type", "application/json"), ("age", "30"), ("x-backend", "crm")]);
+        let RespCacheable::Cacheable(meta) = cacheability(&config(true), &stored) else { panic!("not stored") };
+        let span = pingora_cache::trace::Span::inactive().handle();
+        let mut fill = cache.store.get_miss_handler(&key, &meta, &span).await.unwrap();
+        fill.write_body(bytes::Bytes::from_static(b"{\"id\":7}"), true).await.unwrap();
+        fill.finish().await.unwrap();
+
+        let request = pingora_http::RequestHeader::build("GET", b"/c/7", None).unwrap();
+        let id = http::HeaderValue::from_static("req-1");
+        for _ in 0..2 {
+            // Twice: a hit changes its own copy of the fields, never the stored ones.
+            let (header, body) = fresh_answer(&cache, &request, &key, &id).expect("a fresh hit");
+            assert_eq!(&body[..], b"{\"id\":7}");
+            let h = &header.headers;
+            assert_eq!(h["content-type"], "application/json");
+            assert_eq!(h["x-backend"], "crm");
+            assert_eq!(h["content-length"], "8");
+            assert_eq!(h["x-request-id"], "req-1");
+            assert!(h["cache-status"].to_str().unwrap().starts_with("seawall; hit; ttl="), "{h:?}");
+            // The store's own age, not the origin's.
+            assert_eq!(h.get_all("age").iter().count(), 1);
+            assert!(h["age"].to_str().unwrap().parse::<u64>().unwrap() < 30, "{h:?}");
+            assert!(h.values().all(|v| !v.is_empty()), "a placeholder left empty: {h:?}");
+            // Pingora replaces these two as it writes; what is in place is valid on its own.
+            assert_eq!(h["connection"], "keep-alive");
+            assert!(h.contains_key("date"));
+        }
     }
 
     #[test]
