@@ -97,9 +97,12 @@ SCENARIOS = [
 ]
 
 # The baseline peer "pingora" (examples/bare_pingora.rs: Pingora's smallest proxy with Seawall's
-# build profile and allocator) proxies and nothing else, so it runs the plain proxy scenarios
-# only. Seawall against it is what Seawall's own work costs; it against nginx is Pingora's.
-BARE_PINGORA_SCENARIOS = ("small", "16k", "post2k", "small_c200", "small_c1000")
+# build profile and allocator) proxies and nothing else, so it runs the plain proxy scenarios,
+# the same over TLS, and `cache_hit` as the floor of any Pingora-served hit (it answers /cached
+# from memory, with no cache behind it). Seawall against it is what Seawall's own work costs; it
+# against nginx is Pingora's.
+BARE_PINGORA_SCENARIOS = ("small", "16k", "post2k", "small_c200", "small_c1000", "cache_hit", "tls_small",
+                          "tls_handshake")
 
 # The mediation scenarios' pieces.
 SOAP_ANSWER = ('<?xml version="1.0" encoding="utf-8"?><s:Envelope xmlns:s="http://schemas.xmlsoap.org/soap/envelope/">'
@@ -667,7 +670,12 @@ def make_peers(names, seawall_bin, backend_port, workdir, access_log, variants=N
                 f.write(nginx_conf(port, backend_port, workdir, access_log, tls_ports, slow_port))
             argv = [shutil.which("nginx") or "/usr/sbin/nginx", "-c", conf, "-p", workdir, "-e", os.path.join(workdir, "nginx-error.log")]
         elif name == "pingora":
-            argv = [pingora_bin, f"127.0.0.1:{port}", f"127.0.0.1:{backend_port}"]
+            answer = os.path.join(workdir, "small.json")
+            with open(answer, "w") as f:
+                f.write(SMALL_JSON)
+            argv = [pingora_bin, f"127.0.0.1:{port}", f"127.0.0.1:{backend_port}",
+                    "--tls", f"127.0.0.1:{tls_ports[0]}", f"{workdir}/server.pem", f"{workdir}/server.key",
+                    "--answer", answer]
         elif name == "haproxy":
             conf = os.path.join(workdir, f"haproxy-{tag}.cfg")
             with open(conf, "w") as f:
@@ -1055,7 +1063,7 @@ def main(argv=None):
     ap.add_argument("--duration", type=int, default=10)
     ap.add_argument("--scenarios", default=",".join(s.name for s in SCENARIOS))
     ap.add_argument("--peers", default="seawall,nginx,haproxy,pingora",
-                    help="seawall, nginx, haproxy and pingora (the bare Pingora baseline, plain proxy scenarios only)")
+                    help="seawall, nginx, haproxy and pingora (the bare Pingora baseline: plain proxy, TLS and cache hit scenarios)")
     ap.add_argument("--pingora", help="path to the bare_pingora example (default: next to --seawall)")
     ap.add_argument("--no-logs-table", action="store_true", help="skip the second table (access logs on)")
     ap.add_argument("--idle", type=int, default=IDLE_CONNECTIONS, help="idle connections (0: skip)")

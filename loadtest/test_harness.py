@@ -146,15 +146,30 @@ class ConfigTest(unittest.TestCase):
                 continue
             self.assertIn(f"location = {s.backend_path or s.path} ", conf, s.name)
 
-    def test_bare_pingora_runs_only_plain_proxy_scenarios(self):
+    def test_bare_pingora_runs_only_what_it_can_serve(self):
         by_name = {s.name: s for s in harness.SCENARIOS}
         ran = {s.name for s in harness.SCENARIOS if harness.runs_scenario("pingora", s)}
         self.assertEqual(ran, set(harness.BARE_PINGORA_SCENARIOS))
         for name in ran:
             s = by_name[name]
-            self.assertEqual((s.listener, s.bearer, s.refused, s.peers), ("plain", False, False, None), name)
+            # No client certificates, tokens or usage plans: plain HTTP or server-side TLS only.
+            self.assertIn(s.listener, ("plain", "tls"), name)
+            self.assertEqual((s.bearer, s.refused, s.peers), (False, False, None), name)
+        self.assertIn("cache_hit", ran)
+        self.assertNotIn("mtls_small", ran)
         self.assertFalse(harness.runs_scenario("nginx", by_name["genesys_route"]))
         self.assertTrue(harness.runs_scenario("seawall", by_name["genesys_route"]))
+
+    def test_bare_pingora_gets_its_tls_listener_and_cached_answer(self):
+        with tempfile.TemporaryDirectory() as d:
+            (peer,) = harness.make_peers(["pingora"], "/bin/seawall", 9000, d, False, pingora_bin="/bin/bare")
+            argv = peer.argv
+            self.assertEqual(argv[0], "/bin/bare")
+            tls = argv.index("--tls")
+            self.assertEqual(argv[tls + 1], f"127.0.0.1:{peer.ports['tls']}")
+            self.assertEqual(argv[tls + 2:tls + 4], [f"{d}/server.pem", f"{d}/server.key"])
+            with open(argv[argv.index("--answer") + 1]) as f:
+                self.assertEqual(f.read(), harness.SMALL_JSON)
 
     def test_table_gives_ratios_to_each_peer_present(self):
         one = {"rps": {"median": 1000}, "cpu_us_per_request": {"median": 0, "min": 0, "max": 0},
