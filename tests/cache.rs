@@ -526,7 +526,10 @@ async fn hits_carry_age_and_honour_ranges_and_conditional_requests() {
     .await;
     let gw = balance_route(2000, "{ ttl_secs: 60 }", &backend);
     let client = reqwest::Client::new();
-    get(&client, &gw.url("/balance")).await;
+    let miss = client.get(gw.url("/balance")).send().await.unwrap();
+    // Ranges are advertised on the miss (Pingora's cache path) and on a hit alike.
+    assert_eq!(miss.headers()["accept-ranges"], "bytes");
+    assert_eq!(miss.text().await.unwrap(), "{\"balance\":12345}");
     gw.gateway.clock.advance(Duration::from_secs(7));
     let hit = client.get(gw.url("/balance")).header("x-request-id", "hit-1").send().await.unwrap();
     let header = |name: &str| hit.headers()[name].to_str().unwrap().to_string();
@@ -534,6 +537,7 @@ async fn hits_carry_age_and_honour_ranges_and_conditional_requests() {
     assert_eq!(header("cache-status"), "seawall; hit; ttl=52");
     assert_eq!(header("content-length"), "17");
     assert_eq!(header("x-request-id"), "hit-1");
+    assert_eq!(header("accept-ranges"), "bytes");
     assert_eq!(hit.text().await.unwrap(), "{\"balance\":12345}");
 
     let partial = client.get(gw.url("/balance")).header("range", "bytes=0-3").send().await.unwrap();

@@ -376,6 +376,8 @@ mod tests {
             assert_eq!(h["content-type"], "application/json");
             assert_eq!(h["x-backend"], "crm");
             assert_eq!(h["content-length"], "8");
+            // As Pingora's cache path answers a 200: ranged requests for it are served there.
+            assert_eq!(h["accept-ranges"], "bytes");
             assert_eq!(h["x-request-id"], "req-1");
             assert!(h["cache-status"].to_str().unwrap().starts_with("seawall; hit; ttl="), "{h:?}");
             // The store's own age, not the origin's.

@@ -163,15 +163,20 @@ fn entry_bytes(header: &ResponseHeader, body_len: usize) -> usize {
 }
 
 /// The fields a fresh hit sends: the stored answer's, without `Transfer-Encoding` (the body is
-/// whole), with its `Content-Length` (none for 204 and 304), and already in place the fields set
-/// on every hit: `Age`, `Cache-Status` and `X-Request-Id` (empty here, set by `fresh_answer`),
-/// `Date` and `Connection` (valid values, which Pingora replaces as it writes the answer). A
-/// hit's copy of the map then has room for them all: each is set in place, never grown into.
+/// whole), with its `Content-Length` (none for 204 and 304), `Accept-Ranges: bytes` on a 200 as
+/// Pingora's cache path sends it (a ranged request for the entry is served there), and already
+/// in place the fields set on every hit: `Age`, `Cache-Status` and `X-Request-Id` (empty here,
+/// set by `fresh_answer`), `Date` and `Connection` (valid values, which Pingora replaces as it
+/// writes the answer). A hit's copy of the map then has room for them all: each is set in place,
+/// never grown into.
 fn hit_headers(header: &ResponseHeader, body_len: usize) -> http::HeaderMap {
     let mut headers = header.headers.clone();
     headers.remove(http::header::TRANSFER_ENCODING);
     if !matches!(header.status.as_u16(), 204 | 304) {
         headers.insert(http::header::CONTENT_LENGTH, http::HeaderValue::from(body_len));
+    }
+    if header.status == http::StatusCode::OK {
+        headers.insert(http::header::ACCEPT_RANGES, http::HeaderValue::from_static("bytes"));
     }
     for name in super::HIT_FIELDS {
         headers.insert(name, http::HeaderValue::from_static(""));
