@@ -3,14 +3,15 @@
 use http::{HeaderName, HeaderValue};
 use pingora_http::RequestHeader;
 
+/// The field, typed (looked up and set without parsing and lowering a string first).
+pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
 /// Longest caller-supplied id passed through.
 pub const MAX_LEN: usize = 128;
 
 /// The caller's id if it is 1..=128 characters of `[A-Za-z0-9._:+/=-]`, else a new one.
 /// A header value, so passing it on costs a reference count, not a copy.
 pub fn from_request(req: &RequestHeader) -> HeaderValue {
-    // A typed name: looked up without parsing and lowering a string first.
-    const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
     match req.headers.get(X_REQUEST_ID) {
         Some(id) if is_sane(id.as_bytes()) => id.clone(),
         _ => generate(),

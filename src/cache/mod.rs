@@ -24,6 +24,7 @@ use pingora_http::ResponseHeader;
 
 use crate::clock::Clock;
 use crate::config::{CacheStorageConfig, RouteCacheConfig, VaryPart};
+use crate::request_id::X_REQUEST_ID;
 use store::CacheStore;
 
 /// How many times a waiter may wait on a new writer; time (its deadline) is the real bound.
@@ -187,7 +188,6 @@ pub fn fresh_answer(
 
 /// RFC 9211's field.
 pub const CACHE_STATUS: http::HeaderName = http::HeaderName::from_static("cache-status");
-const X_REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
 /// `Cache-Status` of a fresh hit, before its remaining TTL.
 const HIT_STATUS: &[u8] = b"seawall; hit; ttl=";
 /// The fields [`fresh_answer`] sets on every hit.
