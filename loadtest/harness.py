@@ -818,6 +818,10 @@ class SlowBackend:
                 await writer.drain()
         except (asyncio.IncompleteReadError, ConnectionError, asyncio.LimitOverrunError):
             pass
+        except asyncio.CancelledError:
+            # `stop` cancels open connections; ending here (not cancelled) keeps Python 3.11's
+            # stream callback from logging a CancelledError traceback for each of them.
+            pass
         finally:
             writer.close()
 
