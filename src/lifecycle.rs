@@ -132,6 +132,7 @@ pub fn exit_when_drained(mut phases: tokio::sync::broadcast::Receiver<ExecutionP
                 } else {
                     tracing::info!(drain_ms = start.elapsed().as_millis() as u64, "drained; exiting");
                 }
+                crate::daemon::remove_pid_file();
                 std::process::exit(0);
             }
             Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
@@ -156,6 +157,7 @@ pub fn exit_unless_listening(gateway: Arc<Gateway>, addresses: Vec<(String, Sock
                 let list: Vec<String> = addresses.iter().map(|(what, a)| format!("{a} ({what})")).collect();
                 tracing::error!("listeners not accepting after {LISTEN_DEADLINE:?}: {}", list.join(", "));
                 eprintln!("seawall: listeners did not start: {}", list.join(", "));
+                crate::daemon::remove_pid_file();
                 std::process::exit(2);
             }
             std::thread::sleep(Duration::from_millis(20));

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 use seawall::config::{self, ConfigError, ProcessEnv};
+use seawall::daemon::{Daemon, DaemonFiles, Detached};
 use seawall::demo::{self, DemoPorts};
 use seawall::{lifecycle, logging, Built};
 
@@ -24,13 +25,27 @@ struct Cli {
     command: Command,
 }
 
+/// `run --daemon`'s files, in the working directory unless named.
+const DEFAULT_PID_FILE: &str = "seawall.pid";
+const DEFAULT_LOG_FILE: &str = "seawall.log";
+
 #[derive(Subcommand)]
 enum Command {
-    /// Run the gateway in the foreground.
+    /// Run the gateway (in the foreground, or as a daemon).
     Run {
         /// The config file.
         #[arg(short, long, default_value = "conf/seawall.yaml")]
         config: PathBuf,
+        /// Detach from the terminal once the config is read; exits 0 (printing the daemon's pid)
+        /// when the gateway serves, or with the daemon's exit code when it cannot start.
+        #[arg(long)]
+        daemon: bool,
+        /// With --daemon: the pid file, written by the daemon and removed when it exits.
+        #[arg(long, requires = "daemon", value_name = "PATH")]
+        pid_file: Option<PathBuf>,
+        /// With --daemon: the file the daemon logs to (appended).
+        #[arg(long, requires = "daemon", value_name = "PATH")]
+        log_file: Option<PathBuf>,
     },
     /// Check a config and every file it names; print every error, one per line.
     Validate {
@@ -97,14 +112,33 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Validate { config } => validate(&config),
-        Command::Run { config: path } => match config::load_file(&path, &ProcessEnv) {
+        Command::Run { config: path, daemon, pid_file, log_file } => match config::load_file(&path, &ProcessEnv) {
             Ok(config) => {
+                // Before any thread starts (logging, the gateway and Pingora start theirs).
+                let daemon = if daemon {
+                    let files = DaemonFiles {
+                        pid_file: pid_file.unwrap_or_else(|| DEFAULT_PID_FILE.into()),
+                        log_file: log_file.unwrap_or_else(|| DEFAULT_LOG_FILE.into()),
+                    };
+                    match seawall::daemon::detach(&files) {
+                        Ok(Detached::Parent(code)) => return code,
+                        Ok(Detached::Child(daemon)) => Some(daemon),
+                        Err(message) => {
+                            eprintln!("seawall: {message}");
+                            return ExitCode::from(2);
+                        }
+                    }
+                } else {
+                    None
+                };
                 logging::init(&config.logging);
                 tracing::info!("config {}: {}", path.display(), config.summary());
-                match seawall::build(config) {
-                    Ok(built) => serve(built, None),
+                let code = match seawall::build(config) {
+                    Ok(built) => serve(built, None, daemon),
                     Err(errors) => config_errors(&errors),
-                }
+                };
+                seawall::daemon::remove_pid_file();
+                code
             }
             Err(errors) => config_errors(&errors),
         },
@@ -118,7 +152,7 @@ fn main() -> ExitCode {
             match demo::build(&ports) {
                 Ok((built, _stats, crm, material)) => {
                     logging::init(&built.gateway.config.logging);
-                    serve(built, Some(demo::instructions(&ports, crm, &material)))
+                    serve(built, Some(demo::instructions(&ports, crm, &material)), None)
                 }
                 Err(errors) => config_errors(&errors),
             }
@@ -291,8 +325,9 @@ fn config_errors(errors: &[ConfigError]) -> ExitCode {
     ExitCode::from(1)
 }
 
-/// Runs until a signal: SIGTERM drains, SIGINT exits fast.
-fn serve(built: Built, banner: Option<String>) -> ExitCode {
+/// Runs until a signal: SIGTERM drains, SIGINT exits fast. Once every listener accepts
+/// connections, prints `banner` and tells a waiting `daemon` parent.
+fn serve(built: Built, banner: Option<String>, daemon: Option<Daemon>) -> ExitCode {
     let addresses = lifecycle::addresses(&built.gateway.config);
     if let Err(message) = lifecycle::check_addresses_free(&addresses) {
         eprintln!("seawall: {message}");
@@ -303,13 +338,18 @@ fn serve(built: Built, banner: Option<String>) -> ExitCode {
         return ExitCode::from(2);
     }
     lifecycle::exit_when_drained(built.server.watch_execution_phase(), Arc::clone(&built.gateway));
-    if let Some(banner) = banner {
+    if banner.is_some() || daemon.is_some() {
         let gateway = Arc::clone(&built.gateway);
         std::thread::spawn(move || {
             while !gateway.is_ready() {
                 std::thread::sleep(std::time::Duration::from_millis(20));
             }
-            println!("{banner}");
+            if let Some(banner) = banner {
+                println!("{banner}");
+            }
+            if let Some(daemon) = daemon {
+                daemon.serving();
+            }
         });
     }
     built.run(Box::new(lifecycle::UnixSignals));

@@ -360,3 +360,88 @@ routes:
     assert_eq!(missing["code"], "route_not_found");
     assert_eq!(missing["route"], "_none");
 }
+
+/// Whether `pid` names a live process (a zombie left for init to reap counts as gone).
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .is_ok_and(|stat| stat.rsplit_once(") ").is_some_and(|(_, rest)| !rest.starts_with('Z')))
+}
+
+/// `seawall run -c CONFIG --daemon` with its files in `dir`; waits for the command to return.
+fn run_daemon(config: &std::path::Path, dir: &tempfile::TempDir) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_seawall"))
+        .args(["run", "--daemon", "-c"])
+        .arg(config)
+        .arg("--pid-file")
+        .arg(dir.path().join("seawall.pid"))
+        .arg("--log-file")
+        .arg(dir.path().join("seawall.log"))
+        .output()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn run_daemon_returns_once_serving_and_its_pid_file_goes_with_it() {
+    let backend = Backend::ok().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (port, admin) = (free_port(), free_port());
+    let config = write_config(&dir, port, admin, backend.addr, 30);
+    let yaml = std::fs::read_to_string(&config).unwrap().replace("level: warn", "level: info");
+    std::fs::write(&config, yaml).unwrap();
+
+    let output = run_daemon(&config, &dir);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(0), "{stderr}");
+    let pid: u32 = String::from_utf8_lossy(&output.stdout).trim().parse().expect("the daemon's pid on stdout");
+    assert_eq!(std::fs::read_to_string(dir.path().join("seawall.pid")).unwrap(), format!("{pid}\n"));
+    assert!(alive(pid));
+    // Exit 0 means serving: no wait before the first request.
+    assert!(admin_get(admin, "/readyz").starts_with("HTTP/1.1 200"));
+    let resp = reqwest::get(format!("http://127.0.0.1:{port}/slow")).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let log = std::fs::read_to_string(dir.path().join("seawall.log")).unwrap();
+    assert!(log.contains("listening (http)"), "the daemon logs to its log file: {log}");
+
+    let status = Command::new("kill").args(["-TERM", &pid.to_string()]).status().unwrap();
+    assert!(status.success());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while alive(pid) {
+        assert!(Instant::now() < deadline, "the daemon did not exit on SIGTERM");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(!dir.path().join("seawall.pid").exists(), "pid file left behind");
+}
+
+#[test]
+fn run_daemon_that_cannot_start_exits_as_the_foreground_would() {
+    let busy = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = busy.local_addr().unwrap().port();
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(&dir, port, free_port(), "127.0.0.1:9".parse().unwrap(), 1);
+    let output = run_daemon(&config, &dir);
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains(&format!("cannot listen on 127.0.0.1:{port}")), "{stderr}");
+    assert!(output.stdout.is_empty(), "no pid printed: {}", String::from_utf8_lossy(&output.stdout));
+    assert!(!dir.path().join("seawall.pid").exists(), "pid file left behind");
+
+    // A bad config is refused before any fork, with its errors and exit 1.
+    std::fs::write(&config, "listeners: []\nadmin: { address: nowhere }\n").unwrap();
+    let output = run_daemon(&config, &dir);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("`listeners`: required"));
+}
+
+#[test]
+fn run_daemon_refuses_to_start_over_a_running_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(&dir, free_port(), free_port(), "127.0.0.1:9".parse().unwrap(), 1);
+    // This test's own process stands for the running daemon.
+    let pid_file = dir.path().join("seawall.pid");
+    std::fs::write(&pid_file, format!("{}\n", std::process::id())).unwrap();
+    let output = run_daemon(&config, &dir);
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains(&format!("already running as pid {}", std::process::id())), "{stderr}");
+    assert_eq!(std::fs::read_to_string(&pid_file).unwrap(), format!("{}\n", std::process::id()), "pid file kept");
+}
