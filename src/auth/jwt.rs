@@ -88,7 +88,7 @@ impl TokenError {
 pub struct Principal {
     pub issuer: String,
     pub subject: Option<String>,
-    /// `client_id`, else `azp`, else `appid` (Entra v1), else the subject.
+    /// `azp`, else `client_id`, else `appid` (Entra v1), else the subject (the contract's order).
     pub client_id: Option<String>,
     pub scopes: Vec<String>,
     pub expires_at: u64,
@@ -317,7 +317,7 @@ impl JwtProvider {
                 Some((name.clone(), value))
             })
             .collect();
-        let client_id = claims.client_id.or(claims.azp).or(claims.appid).or_else(|| claims.sub.clone());
+        let client_id = claims.azp.or(claims.client_id).or(claims.appid).or_else(|| claims.sub.clone());
         Ok(Principal {
             issuer: self.issuer.clone(),
             subject: claims.sub,
@@ -516,6 +516,22 @@ mod tests {
 
     fn b64(data: &[u8]) -> String {
         base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(data)
+    }
+
+    #[test]
+    fn the_client_is_azp_then_client_id_then_appid_then_the_subject() {
+        let k = keys();
+        let p = provider(&k);
+        let client = |extra: serde_json::Value| {
+            let token = rs256(&k, Some("rsa-1"), &claims(extra));
+            p.verify(&token, NOW).unwrap().client_id.clone()
+        };
+        let both = serde_json::json!({"azp": "by-azp", "client_id": "by-client-id", "appid": "by-appid"});
+        assert_eq!(client(both).as_deref(), Some("by-azp"));
+        let no_azp = serde_json::json!({"azp": null, "client_id": "by-client-id", "appid": "by-appid"});
+        assert_eq!(client(no_azp).as_deref(), Some("by-client-id"));
+        assert_eq!(client(serde_json::json!({"azp": null, "appid": "by-appid"})).as_deref(), Some("by-appid"));
+        assert_eq!(client(serde_json::json!({"azp": null})).as_deref(), Some("genesys"));
     }
 
     #[test]
