@@ -117,6 +117,56 @@ async fn per_ip_plans_give_each_caller_its_own_budget() {
     assert_eq!(from("198.51.100.2").await, 200, "another caller has its own bucket");
 }
 
+/// `key: client`: each client the bearer token names (`azp`, else `client_id`, ..., else `sub`)
+/// has its own budget on a route with auth.
+#[tokio::test(flavor = "multi_thread")]
+async fn per_client_plans_give_each_token_client_its_own_budget() {
+    use jsonwebtoken::{Algorithm, EncodingKey, Header};
+    let rsa = openssl::rsa::Rsa::generate(2048).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let public = dir.path().join("idp.pub.pem");
+    std::fs::write(&public, openssl::pkey::PKey::from_rsa(rsa.clone()).unwrap().public_key_to_pem().unwrap()).unwrap();
+    let key = EncodingKey::from_rsa_pem(&rsa.private_key_to_pem().unwrap()).unwrap();
+    let token = |claims: serde_json::Value| {
+        let now = jsonwebtoken::get_current_timestamp();
+        let mut all = serde_json::json!({"iss": "https://idp", "aud": "api://ivr", "iat": now, "exp": now + 600});
+        all.as_object_mut().unwrap().extend(claims.as_object().unwrap().clone());
+        jsonwebtoken::encode(&Header::new(Algorithm::RS256), &all, &key).unwrap()
+    };
+    let backend = Backend::ok().await;
+    let config = format!(
+        r#"{BASE}
+jwt_providers:
+  idp: {{ issuer: "https://idp", public_key_pem: "{}", audiences: [api://ivr], algorithms: [RS256] }}
+upstreams: {{ crm: {{ targets: ["${{BACKEND}}"] }} }}
+routes:
+  - id: limited
+    match: {{ method: GET, path: "/limited" }}
+    auth: {{ jwt: idp }}
+    rate_limit: {{ requests_per_sec: 1, burst: 2, key: client }}
+    upstream: crm
+    timeout_ms: 2000
+"#,
+        public.display()
+    );
+    let gw = TestGateway::start(&config, &[("BACKEND", backend.addr.to_string())]);
+    let client = reqwest::Client::new();
+    let send = |token: String| {
+        let req = client.get(gw.url("/limited")).bearer_auth(token);
+        async move { req.send().await.unwrap() }
+    };
+    let genesys = || token(serde_json::json!({"sub": "user-1", "azp": "genesys"}));
+    assert_eq!(send(genesys()).await.status(), 200);
+    // Another subject of the same client shares its budget.
+    assert_eq!(send(token(serde_json::json!({"sub": "user-2", "azp": "genesys"}))).await.status(), 200);
+    let refused = send(genesys()).await;
+    assert_eq!(refused.status(), 429);
+    assert_eq!(refused.headers()["ratelimit-policy"], "\"client\";q=1;w=1");
+    assert_eq!(send(token(serde_json::json!({"sub": "bot", "azp": "bot-client"}))).await.status(), 200);
+    assert_eq!(send(token(serde_json::json!({"sub": "only-sub"}))).await.status(), 200, "no client claim: the subject");
+    assert_eq!(backend.received().len(), 4);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_full_bulkhead_answers_503_at_once_instead_of_queueing() {
     let backend = Backend::slow(Duration::from_millis(600)).await;

@@ -197,3 +197,46 @@ routes:
     assert!(stderr.contains("`jwt_providers.a.public_key_pem`") && stderr.contains("not a PEM public key"), "{stderr}");
     assert!(stderr.contains("`jwt_providers.b.public_key_pem`") && stderr.contains("no key fits"), "{stderr}");
 }
+
+/// `jwks_file`: the provider's keys from a JWKS document on disk, chosen by `kid`.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_jwks_file_provider_picks_the_key_by_kid() {
+    use base64::Engine;
+    let b64 = |bytes: Vec<u8>| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
+    let idp = Idp::new();
+    let rsa = Rsa::private_key_from_pem(&idp.private_pem).unwrap();
+    let jwks = serde_json::json!({"keys": [
+        {"kty": "EC", "kid": "ec-unused", "crv": "P-256", "x": "f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU",
+         "y": "x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0"},
+        {"kty": "RSA", "kid": "k1", "use": "sig", "alg": "RS256", "n": b64(rsa.n().to_vec()), "e": b64(rsa.e().to_vec())},
+    ]});
+    let path = idp.dir.path().join("jwks.json");
+    std::fs::write(&path, jwks.to_string()).unwrap();
+    let backend = Backend::ok().await;
+    let config = config().replace(r#"public_key_pem: "${KEY}""#, r#"jwks_file: "${JWKS}""#);
+    let gw =
+        TestGateway::start(&config, &[("BACKEND", backend.addr.to_string()), ("JWKS", path.display().to_string())]);
+    let client = reqwest::Client::new();
+    let with_kid = |kid: &str, key: &[u8]| {
+        let now = jsonwebtoken::get_current_timestamp();
+        let claims = serde_json::json!({
+            "iss": ISSUER, "aud": "api://ivr-data-dips", "sub": "genesys", "iat": now - 5, "exp": now + 600,
+            "scp": ["ivr.read"]
+        });
+        let mut header = Header::new(Algorithm::RS256);
+        header.kid = Some(kid.to_string());
+        jsonwebtoken::encode(&header, &claims, &EncodingKey::from_rsa_pem(key).unwrap()).unwrap()
+    };
+
+    let resp = client.get(gw.url("/accounts/1")).bearer_auth(with_kid("k1", &idp.private_pem)).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let stranger = Rsa::generate(2048).unwrap().private_key_to_pem().unwrap();
+    for (token, what) in
+        [(with_kid("k2", &idp.private_pem), "a kid the file does not hold"), (with_kid("k1", &stranger), "another key")]
+    {
+        let resp = client.get(gw.url("/accounts/1")).bearer_auth(token).send().await.unwrap();
+        assert_eq!(resp.status(), 401, "{what}");
+        assert_eq!(problem_code(&resp.text().await.unwrap()), "invalid_token", "{what}");
+    }
+    assert_eq!(backend.received().len(), 1);
+}

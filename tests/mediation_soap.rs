@@ -483,3 +483,48 @@ async fn a_call_that_got_no_answer_is_retried_on_the_next_target() {
     }
     assert_eq!(refused, 3, "without retries, every other call goes to the dead target");
 }
+
+/// `seawall test plugins/NAME [--update]` as users run it: a wrong expectation is exit 1 with a
+/// diff, `--update` rewrites it from what the mediation does, and the cases pass again.
+#[test]
+fn seawall_test_fails_on_a_wrong_expectation_and_update_rewrites_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let plugin = dir.path().join("crm-customer");
+    let shipped = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("plugins/crm-customer");
+    for sub in ["", "tests"] {
+        std::fs::create_dir_all(plugin.join(sub)).unwrap();
+        for entry in std::fs::read_dir(shipped.join(sub)).unwrap() {
+            let entry = entry.unwrap();
+            if entry.file_type().unwrap().is_file() {
+                std::fs::copy(entry.path(), plugin.join(sub).join(entry.file_name())).unwrap();
+            }
+        }
+    }
+    let case = plugin.join("tests/not-found.yaml");
+    let right = std::fs::read_to_string(&case).unwrap();
+    assert!(right.contains("code: not_found"));
+    std::fs::write(&case, right.replace("code: not_found", "code: not_there")).unwrap();
+    let run = |update: bool| {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_seawall"));
+        command.arg("test").arg(&plugin);
+        if update {
+            command.arg("--update");
+        }
+        let output = command.output().unwrap();
+        (output.status.code(), String::from_utf8_lossy(&output.stdout).into_owned())
+    };
+
+    let (code, out) = run(false);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("not-found.yaml: FAILED"), "{out}");
+    assert!(out.contains("not_there") && out.contains("not_found"), "the diff names both: {out}");
+    assert!(out.contains("3 passed, 1 failed, 0 updated"), "{out}");
+
+    let (code, out) = run(true);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("not-found.yaml: updated"), "{out}");
+    assert!(std::fs::read_to_string(&case).unwrap().contains("code: not_found"));
+    let (code, out) = run(false);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("4 passed, 0 failed, 0 updated"), "{out}");
+}

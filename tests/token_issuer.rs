@@ -62,6 +62,13 @@ routes:
 
 const SECRET: &str = "correct-horse-battery-staple";
 
+/// A compact JWT's claims, decoded without verifying (the gateway verifies them).
+fn payload(token: &str) -> serde_json::Value {
+    use base64::Engine;
+    let part = token.split('.').nth(1).expect("a compact JWT");
+    serde_json::from_slice(&base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(part).unwrap()).unwrap()
+}
+
 /// A gateway with the issuer and a route that accepts its tokens (the keys live as long as it).
 async fn start() -> (Keys, Backend, TestGateway) {
     let keys = Keys::new();
@@ -99,6 +106,30 @@ async fn a_client_token_opens_the_protected_route() {
     let token = body["access_token"].as_str().unwrap().to_string();
     let resp = client.get(gw.url("/accounts/7")).bearer_auth(&token).send().await.unwrap();
     assert_eq!(resp.status(), 200);
+
+    // The claims the contract names (the signature was checked by the route just now).
+    let claims = payload(&token);
+    assert_eq!(claims["iss"], "https://gateway.example.com");
+    assert_eq!(claims["aud"], "api://ivr-data-dips");
+    for name in ["sub", "client_id", "azp"] {
+        assert_eq!(claims[name], "genesys", "{name}: {claims}");
+    }
+    assert_eq!(claims["scope"], "ivr.read");
+    let (iat, exp) = (claims["iat"].as_u64().unwrap(), claims["exp"].as_u64().unwrap());
+    assert_eq!(exp - iat, 600, "{claims}");
+    let jti = claims["jti"].as_str().expect("a jti");
+    assert!(!jti.is_empty());
+    let again: serde_json::Value = client
+        .post(gw.url("/oauth/token"))
+        .basic_auth("genesys", Some(SECRET))
+        .body("grant_type=client_credentials")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_ne!(payload(again["access_token"].as_str().unwrap())["jti"], jti, "each token has its own jti");
 
     // The issuer's keys, published for IdP-style configuration.
     let jwks: serde_json::Value =
