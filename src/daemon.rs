@@ -62,41 +62,53 @@ impl Daemon {
     }
 }
 
-/// Forks the daemon off this process. Errors (a pid file naming a live process, a log file that
-/// cannot be opened, no fork) are returned before anything is started.
-pub fn detach(files: &DaemonFiles) -> Result<Detached, String> {
+/// Why the daemon could not be started, and the exit code that says so.
+#[derive(Debug)]
+pub struct StartError {
+    /// 1: a file named on the command line is unusable; 2: a runtime fault.
+    pub exit_code: u8,
+    pub message: String,
+}
+
+fn fault(message: String) -> StartError {
+    StartError { exit_code: 2, message }
+}
+
+/// Forks the daemon off this process. Errors (a pid file naming a live process, a log or pid
+/// file that cannot be written, no fork) come before anything is started, or from the daemon
+/// before it serves.
+pub fn detach(files: &DaemonFiles) -> Result<Detached, StartError> {
     if let Some(pid) = running_pid(&files.pid_file) {
-        return Err(format!("already running as pid {pid} (pid file {})", files.pid_file.display()));
+        return Err(fault(format!("already running as pid {pid} (pid file {})", files.pid_file.display())));
     }
-    let log = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&files.log_file)
-        .map_err(|e| format!("cannot open the log file {}: {e}", files.log_file.display()))?;
+    let log = OpenOptions::new().create(true).append(true).open(&files.log_file).map_err(|e| StartError {
+        exit_code: 1,
+        message: format!("cannot open the log file {}: {e}", files.log_file.display()),
+    })?;
     // The rule above, checked: a fork with other threads running would copy their locks held.
     if let Ok(threads) = std::fs::read_dir("/proc/self/task").map(Iterator::count) {
         if threads > 1 {
-            return Err(format!("cannot fork: {threads} threads already run (this is a bug)"));
+            return Err(fault(format!("cannot fork: {threads} threads already run (this is a bug)")));
         }
     }
     // Close-on-exec: nothing the daemon may start inherits the parent's line.
     let (from_child, to_parent) =
-        nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| format!("cannot make a pipe: {e}"))?;
+        nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| fault(format!("cannot make a pipe: {e}")))?;
     // SAFETY: called before any thread starts (see the module's docs), so the child is a whole
     // copy of this process, free to allocate, lock and start threads of its own.
     #[allow(unsafe_code)]
     let forked = unsafe { fork() };
-    match forked.map_err(|e| format!("cannot fork: {e}"))? {
+    match forked.map_err(|e| fault(format!("cannot fork: {e}")))? {
         ForkResult::Parent { child } => {
             drop(to_parent);
             Ok(Detached::Parent(wait_for(child, from_child)))
         }
         ForkResult::Child => {
             drop(from_child);
-            setsid().map_err(|e| format!("cannot start a session: {e}"))?;
-            let null = File::open("/dev/null").map_err(|e| format!("cannot open /dev/null: {e}"))?;
-            nix::unistd::dup2_stdin(&null).map_err(|e| format!("cannot redirect stdin: {e}"))?;
-            nix::unistd::dup2_stdout(&log).map_err(|e| format!("cannot send stdout to the log file: {e}"))?;
+            setsid().map_err(|e| fault(format!("cannot start a session: {e}")))?;
+            let null = File::open("/dev/null").map_err(|e| fault(format!("cannot open /dev/null: {e}")))?;
+            nix::unistd::dup2_stdin(&null).map_err(|e| fault(format!("cannot redirect stdin: {e}")))?;
+            nix::unistd::dup2_stdout(&log).map_err(|e| fault(format!("cannot send stdout to the log file: {e}")))?;
             write_pid_file(&files.pid_file)?;
             Ok(Detached::Child(Daemon { parent: File::from(to_parent), log }))
         }
@@ -147,9 +159,11 @@ fn running_pid(path: &Path) -> Option<i32> {
     }
 }
 
-fn write_pid_file(path: &Path) -> Result<(), String> {
-    std::fs::write(path, format!("{}\n", std::process::id()))
-        .map_err(|e| format!("cannot write the pid file {}: {e}", path.display()))?;
+fn write_pid_file(path: &Path) -> Result<(), StartError> {
+    std::fs::write(path, format!("{}\n", std::process::id())).map_err(|e| StartError {
+        exit_code: 1,
+        message: format!("cannot write the pid file {}: {e}", path.display()),
+    })?;
     let _ = PID_FILE.set(path.to_path_buf());
     Ok(())
 }

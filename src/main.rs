@@ -123,9 +123,9 @@ fn main() -> ExitCode {
                     match seawall::daemon::detach(&files) {
                         Ok(Detached::Parent(code)) => return code,
                         Ok(Detached::Child(daemon)) => Some(daemon),
-                        Err(message) => {
-                            eprintln!("seawall: {message}");
-                            return ExitCode::from(2);
+                        Err(e) => {
+                            eprintln!("seawall: {}", e.message);
+                            return ExitCode::from(e.exit_code);
                         }
                     }
                 } else {

@@ -425,6 +425,17 @@ fn run_daemon_that_cannot_start_exits_as_the_foreground_would() {
     assert!(output.stdout.is_empty(), "no pid printed: {}", String::from_utf8_lossy(&output.stdout));
     assert!(!dir.path().join("seawall.pid").exists(), "pid file left behind");
 
+    // An unusable log file is bad input: exit 1, before any fork.
+    let output = Command::new(env!("CARGO_BIN_EXE_seawall"))
+        .args(["run", "--daemon", "-c"])
+        .arg(&config)
+        .arg("--log-file")
+        .arg(dir.path().join("no-such-dir/seawall.log"))
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("cannot open the log file"));
+
     // A bad config is refused before any fork, with its errors and exit 1.
     std::fs::write(&config, "listeners: []\nadmin: { address: nowhere }\n").unwrap();
     let output = run_daemon(&config, &dir);
