@@ -115,6 +115,8 @@ pub struct Received {
     pub headers: HashMap<String, Vec<String>>,
     pub body: Bytes,
     pub peer: SocketAddr,
+    /// The common name of the certificate the client presented (TLS backends only).
+    pub client_cert_cn: Option<String>,
 }
 
 impl Received {
@@ -152,6 +154,22 @@ impl Backend {
         Backend::start_with(handler, Some(acceptor.build())).await
     }
 
+    /// The same, but the handshake fails unless the client presents a certificate that chains
+    /// to `client_ca` (what a backend that requires mutual TLS does).
+    pub async fn start_mtls(
+        handler: impl Fn(&Received) -> Reply + Send + Sync + 'static,
+        cert: &certs::Issued,
+        client_ca: &certs::Issued,
+    ) -> Backend {
+        use openssl::ssl::{SslAcceptor, SslMethod, SslVerifyMode};
+        let mut acceptor = SslAcceptor::mozilla_intermediate_v5(SslMethod::tls_server()).unwrap();
+        acceptor.set_certificate(&cert.cert).unwrap();
+        acceptor.set_private_key(&cert.key).unwrap();
+        acceptor.cert_store_mut().add_cert(client_ca.cert.clone()).unwrap();
+        acceptor.set_verify(SslVerifyMode::PEER | SslVerifyMode::FAIL_IF_NO_PEER_CERT);
+        Backend::start_with(handler, Some(acceptor.build())).await
+    }
+
     async fn start_with(
         handler: impl Fn(&Received) -> Reply + Send + Sync + 'static,
         tls: Option<openssl::ssl::SslAcceptor>,
@@ -170,8 +188,11 @@ impl Backend {
                 };
                 let (rec, st, handler, tls) = (rec.clone(), st.clone(), handler.clone(), tls.clone());
                 tokio::spawn(async move {
+                    // Set by the TLS handshake when the client shows a certificate.
+                    let client_cert_cn = Arc::new(std::sync::OnceLock::<String>::new());
+                    let cn = client_cert_cn.clone();
                     let service = service_fn(move |req: Request<Incoming>| {
-                        let (rec, st, handler) = (rec.clone(), st.clone(), handler.clone());
+                        let (rec, st, handler, cn) = (rec.clone(), st.clone(), handler.clone(), cn.clone());
                         async move {
                             *st.lock().unwrap() += 1;
                             let (parts, body) = req.into_parts();
@@ -192,6 +213,7 @@ impl Backend {
                                 headers,
                                 body,
                                 peer,
+                                client_cert_cn: cn.get().cloned(),
                             };
                             rec.lock().unwrap().push(r.clone());
                             Ok::<_, Infallible>(handler(&r).await)
@@ -206,6 +228,9 @@ impl Backend {
                             let Ok(mut stream) = tokio_openssl::SslStream::new(ssl, stream) else { return };
                             if Pin::new(&mut stream).accept().await.is_err() {
                                 return;
+                            }
+                            if let Some(cert) = stream.ssl().peer_certificate() {
+                                let _ = client_cert_cn.set(seawall::tls::client_cert::common_name(&cert));
                             }
                             let _ = http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
                         }
