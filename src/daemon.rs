@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::OnceLock;
 
-use nix::fcntl::OFlag;
+use nix::fcntl::{Flock, FlockArg, OFlag};
 use nix::sys::wait::{waitpid, WaitStatus};
 use nix::unistd::{fork, setsid, ForkResult, Pid};
 
@@ -28,6 +28,9 @@ const READY: &[u8] = b"ready\n";
 
 /// The pid file of this process, when it runs as a daemon (removed on exit).
 static PID_FILE: OnceLock<PathBuf> = OnceLock::new();
+/// The pid file, locked for the daemon's life: a second daemon started at the same moment finds
+/// it locked (the check before the fork only sees one that already wrote its pid).
+static PID_LOCK: OnceLock<Flock<File>> = OnceLock::new();
 
 /// Where a daemon writes its pid and its log.
 pub struct DaemonFiles {
@@ -150,7 +153,8 @@ fn wait_for(child: Pid, from_child: OwnedFd) -> ExitCode {
 
 /// The pid in `path`, if that process is alive.
 fn running_pid(path: &Path) -> Option<i32> {
-    let pid: i32 = std::fs::read_to_string(path).ok()?.trim().parse().ok()?;
+    // 0 and negative pids name process groups to `kill`, never one process.
+    let pid: i32 = std::fs::read_to_string(path).ok()?.trim().parse().ok().filter(|pid| *pid > 0)?;
     // Signal 0 checks existence only; a pid file left by a crash names no process (or one of
     // another user, which EPERM reports, and which is taken as running: never overwrite it).
     match nix::sys::signal::kill(Pid::from_raw(pid), None) {
@@ -160,10 +164,17 @@ fn running_pid(path: &Path) -> Option<i32> {
 }
 
 fn write_pid_file(path: &Path) -> Result<(), StartError> {
-    std::fs::write(path, format!("{}\n", std::process::id())).map_err(|e| StartError {
+    let unusable = |e: std::io::Error| StartError {
         exit_code: 1,
         message: format!("cannot write the pid file {}: {e}", path.display()),
-    })?;
+    };
+    // Not truncated before the lock is ours: the file may be a running daemon's.
+    let file = OpenOptions::new().create(true).truncate(false).write(true).open(path).map_err(unusable)?;
+    let locked = Flock::lock(file, FlockArg::LockExclusiveNonblock)
+        .map_err(|_| fault(format!("already running (pid file {} is locked)", path.display())))?;
+    locked.set_len(0).map_err(unusable)?;
+    (&*locked).write_all(format!("{}\n", std::process::id()).as_bytes()).map_err(unusable)?;
+    let _ = PID_LOCK.set(locked);
     let _ = PID_FILE.set(path.to_path_buf());
     Ok(())
 }
@@ -185,7 +196,9 @@ mod tests {
         gone.wait().unwrap();
         std::fs::write(&path, format!("{pid}\n")).unwrap();
         assert_eq!(running_pid(&path), None, "stale pid {pid}");
-        std::fs::write(&path, "not a pid\n").unwrap();
-        assert_eq!(running_pid(&path), None, "garbage");
+        for garbage in ["not a pid\n", "0\n", "-1\n"] {
+            std::fs::write(&path, garbage).unwrap();
+            assert_eq!(running_pid(&path), None, "{garbage:?}");
+        }
     }
 }

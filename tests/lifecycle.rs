@@ -455,4 +455,18 @@ fn run_daemon_refuses_to_start_over_a_running_one() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains(&format!("already running as pid {}", std::process::id())), "{stderr}");
     assert_eq!(std::fs::read_to_string(&pid_file).unwrap(), format!("{}\n", std::process::id()), "pid file kept");
+
+    // A daemon starting at the same moment has not written its pid yet, but holds the file's
+    // lock: the second one is refused by the lock, and leaves the file alone.
+    let mut gone = Command::new("true").spawn().unwrap();
+    gone.wait().unwrap();
+    std::fs::write(&pid_file, format!("{}\n", gone.id())).unwrap();
+    let file = std::fs::OpenOptions::new().write(true).open(&pid_file).unwrap();
+    let lock = nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock).unwrap();
+    let output = run_daemon(&config, &dir);
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("is locked"), "{stderr}");
+    assert_eq!(std::fs::read_to_string(&pid_file).unwrap(), format!("{}\n", gone.id()), "pid file kept");
+    drop(lock);
 }
