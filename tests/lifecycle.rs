@@ -367,6 +367,18 @@ fn alive(pid: u32) -> bool {
         .is_ok_and(|stat| stat.rsplit_once(") ").is_some_and(|(_, rest)| !rest.starts_with('Z')))
 }
 
+/// Kills a daemon the test started if the test ends first (a failed assertion), so no gateway
+/// outlives its test.
+struct KillOnDrop(u32);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if alive(self.0) {
+            let _ = Command::new("kill").args(["-KILL", &self.0.to_string()]).status();
+        }
+    }
+}
+
 /// `seawall run -c CONFIG --daemon` with its files in `dir`; waits for the command to return.
 fn run_daemon(config: &std::path::Path, dir: &tempfile::TempDir) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_seawall"))
@@ -393,6 +405,7 @@ async fn run_daemon_returns_once_serving_and_its_pid_file_goes_with_it() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(0), "{stderr}");
     let pid: u32 = String::from_utf8_lossy(&output.stdout).trim().parse().expect("the daemon's pid on stdout");
+    let _reaper = KillOnDrop(pid);
     assert_eq!(std::fs::read_to_string(dir.path().join("seawall.pid")).unwrap(), format!("{pid}\n"));
     assert!(alive(pid));
     // Exit 0 means serving: no wait before the first request.
