@@ -435,9 +435,6 @@ impl SeawallProxy {
         let route = &config.routes[route_index];
         ctx.deadline = Some(Deadline::after(ctx.start, route.timeout));
 
-        if let Some(peer) = ctx.peer_ip {
-            ctx.client_ip = Some(auth::ip::client_ip(peer, &config.trusted_proxies, &req.headers));
-        }
         if let Some(allowed) = self.gateway.allowlists().for_route(route_index) {
             if !ctx.client_ip.is_some_and(|ip| allowed.contains(ip)) {
                 self.gateway.metrics.auth_rejection(AuthLayer::Ip, "not_allowed");
@@ -503,7 +500,10 @@ impl ProxyHttp for SeawallProxy {
     async fn request_filter(&self, session: &mut Session, ctx: &mut Self::CTX) -> Result<bool> {
         ctx.request_id = request_id::from_request(session.req_header());
         ctx.peer_ip = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip());
-        ctx.client_ip = ctx.peer_ip;
+        // Before the token issuer: its failure throttle keys on the caller, not on a trusted
+        // load balancer every caller shares.
+        let trusted = &self.gateway.config.trusted_proxies;
+        ctx.client_ip = ctx.peer_ip.map(|peer| auth::ip::client_ip(peer, trusted, &session.req_header().headers));
         ctx.body_complete = session.is_body_empty();
         // A `client_auth.mode: required` listener refuses a certificate it does not allow before
         // anything else answers (routes, 404s, the token issuer).

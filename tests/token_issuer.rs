@@ -184,3 +184,33 @@ async fn bad_clients_get_rfc6749_errors_then_429() {
     assert!(metrics.contains(r#"seawall_auth_rejections_total{layer="issuer",reason="throttled"} 1"#), "{metrics}");
     assert!(metrics.contains(r#"seawall_requests_total{route="_token_issuer",status="401"} 5"#), "{metrics}");
 }
+
+/// Behind a trusted load balancer, the failure throttle keys on the caller X-Forwarded-For
+/// names, not on the balancer every caller shares: one guessing caller does not lock out the
+/// others.
+#[tokio::test(flavor = "multi_thread")]
+async fn behind_a_trusted_proxy_the_throttle_keys_on_the_caller() {
+    let keys = Keys::new();
+    let backend = Backend::ok().await;
+    let vars = [
+        ("KEY", keys.path("issuer.pem")),
+        ("PUB", keys.path("issuer.pub.pem")),
+        ("SECRET", SECRET.to_string()),
+        ("BACKEND", backend.addr.to_string()),
+    ];
+    let gw = TestGateway::start(&format!("trusted_proxies: [127.0.0.0/8]\n{CONFIG}"), &vars);
+    let client = reqwest::Client::new();
+    let ask = |caller: &'static str, secret: &'static str| {
+        let req = client
+            .post(gw.url("/oauth/token"))
+            .header("x-forwarded-for", caller)
+            .basic_auth("genesys", Some(secret))
+            .body("grant_type=client_credentials");
+        async move { req.send().await.unwrap().status().as_u16() }
+    };
+    for _ in 0..5 {
+        assert_eq!(ask("198.51.100.7", "guess").await, 401);
+    }
+    assert_eq!(ask("198.51.100.7", SECRET).await, 429, "the guessing caller is throttled");
+    assert_eq!(ask("198.51.100.8", SECRET).await, 200, "another caller behind the same balancer is not");
+}

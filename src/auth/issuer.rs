@@ -164,13 +164,13 @@ impl TokenIssuer {
         let credentials =
             match (authorization.and_then(basic_credentials), form.get("client_id"), form.get("client_secret")) {
                 (Some(basic), None, None) => basic,
-                (None, Some(id), Some(secret)) => (id.clone(), secret.clone()),
+                (None, Some(id), Some(secret)) => vec![(id.clone(), secret.clone())],
                 (None, None, None) | (None, Some(_), None) | (None, None, Some(_)) if authorization.is_none() => {
                     return self.failed(source, clock)
                 }
                 _ => return TokenAnswer::error(400, "invalid_request"),
             };
-        let Some(client) = self.authenticate(&credentials.0, &credentials.1) else {
+        let Some(client) = credentials.iter().find_map(|(id, secret)| self.authenticate(id, secret)) else {
             return self.failed(source, clock);
         };
         let requested: Vec<&str> = form.get("scope").map(|s| s.split_whitespace().collect()).unwrap_or_default();
@@ -236,8 +236,10 @@ impl TokenIssuer {
     }
 }
 
-/// `Basic base64(id:secret)`, with the RFC 6749 §2.3.1 form-encoding of id and secret undone.
-fn basic_credentials(value: &str) -> Option<(String, String)> {
+/// `Basic base64(id:secret)`: the id and secret as sent, then (when it differs) with RFC 6749
+/// §2.3.1's form-encoding undone. Genesys' auth actions and most clients send them raw, so a
+/// secret with `+` or `%` in it must match as it is; strict RFC clients encode them first.
+fn basic_credentials(value: &str) -> Option<Vec<(String, String)>> {
     let (scheme, encoded) = value.split_once(' ')?;
     if !scheme.eq_ignore_ascii_case("basic") {
         return None;
@@ -247,7 +249,14 @@ fn basic_credentials(value: &str) -> Option<(String, String)> {
     let (id, secret) = text.split_once(':')?;
     let unescape =
         |s: &str| percent_encoding::percent_decode_str(&s.replace('+', " ")).decode_utf8().ok().map(|c| c.into_owned());
-    Some((unescape(id)?, unescape(secret)?))
+    let raw = (id.to_string(), secret.to_string());
+    let mut candidates = vec![raw];
+    if let (Some(id), Some(secret)) = (unescape(id), unescape(secret)) {
+        if candidates[0] != (id.clone(), secret.clone()) {
+            candidates.push((id, secret));
+        }
+    }
+    Some(candidates)
 }
 
 /// A secret's digest for `secret_sha256` (hex).
@@ -321,6 +330,33 @@ mod tests {
         let answer = i.token(&http::Method::POST, None, form, None, now, t0);
         assert_eq!(answer.status, 200);
         assert!(answer.body.contains(r#""scope":"ivr.read""#));
+    }
+
+    #[test]
+    fn a_secret_with_plus_or_percent_matches_raw_or_form_encoded() {
+        let ec = openssl::ec::EcKey::generate(
+            &openssl::ec::EcGroup::from_curve_name(openssl::nid::Nid::X9_62_PRIME256V1).unwrap(),
+        )
+        .unwrap();
+        let pem = openssl::pkey::PKey::from_ec_key(ec).unwrap().private_key_to_pem_pkcs8().unwrap();
+        // As `openssl rand -base64` makes them.
+        let secret = "a+b/c%2Bd==";
+        let client = IssuerClient {
+            name: "genesys".into(),
+            secret_sha256: Sha256::digest(secret.as_bytes()).into(),
+            scopes: vec!["ivr.read".into()],
+            audience: "api://ivr".into(),
+        };
+        let i = TokenIssuer::new("/oauth/token", "https://gw.example.com", 3600, vec![client], &pem).unwrap();
+        let ask = |authorization: &str| {
+            i.token(&http::Method::POST, Some(authorization), GRANT, None, 1_800_000_000, Instant::now()).status
+        };
+        // Raw, as Genesys' `$encoder.base64("${id}:${secret}")` sends it.
+        assert_eq!(ask(&basic("genesys", secret)), 200);
+        // Form-encoded first, as RFC 6749 section 2.3.1 asks.
+        assert_eq!(ask(&basic("genesys", "a%2Bb%2Fc%252Bd%3D%3D")), 200);
+        // Decoding the raw secret gives "a b/c+d==": not the secret.
+        assert_eq!(ask(&basic("genesys", "a b/c+d==")), 401);
     }
 
     #[test]
