@@ -86,7 +86,7 @@ const EXPECTED: &[Expected] = &[
     Expected { path: "routes[1].upstream", fragments: &["unknown upstream `billing`"], schema: false },
     Expected { path: "routes[2].timeout_ms", fragments: &["0 is not a deadline"], schema: false },
     Expected { path: "routes[3]", fragments: &["missing field `timeout_ms`"], schema: true },
-    Expected { path: "routes[4].timeout_ms", fragments: &["120000", "Genesys"], schema: false },
+    Expected { path: "routes[4].timeout_ms", fragments: &["60000", "Genesys"], schema: false },
     Expected { path: "routes[5].id", fragments: &["duplicate route id `slow`"], schema: false },
     Expected { path: "routes[7].match.path", fragments: &["ambiguous", "`items_any`"], schema: false },
     Expected { path: "routes[9].match.path", fragments: &["ambiguous", "`a_x`"], schema: false },
@@ -133,7 +133,7 @@ routes:
 {timeout}  - id: slow
     match: {{ method: GET, path: /slow }}
     upstream: crm
-    timeout_ms: 120000
+    timeout_ms: 60000
   - id: slow
     match: {{ method: GET, path: /other }}
     upstream: crm
@@ -224,7 +224,7 @@ fn validate_prints_every_error_prefixed_by_the_file_name_then_the_count() {
         "stderr:\n{stderr}"
     );
     assert!(
-        lines.iter().any(|l| l.starts_with(&format!("{prefix}`routes[4].timeout_ms`: 120000 ms is above 60000"))),
+        lines.iter().any(|l| l.starts_with(&format!("{prefix}`routes[4].timeout_ms`: 60000 ms is above 59000"))),
         "stderr:\n{stderr}"
     );
 }
@@ -391,8 +391,8 @@ databases:
     assert_error(&errors, "databases.crm", &["also an upstream"]);
     assert_error(&errors, "databases.missing.url", &["does not exist"]);
     assert_error(&errors, "databases.pg.max_connections", &["between 1 and 1000"]);
-    assert_error(&errors, "databases.pg.acquire_timeout_ms", &["between 1 and 60000"]);
-    assert_error(&errors, "databases.pg.statement_timeout_ms", &["between 1 and 60000"]);
+    assert_error(&errors, "databases.pg.acquire_timeout_ms", &["between 1 and 59000"]);
+    assert_error(&errors, "databases.pg.statement_timeout_ms", &["between 1 and 59000"]);
     assert!(!render(&errors).contains("s3cret"), "a URL's password is never quoted:\n{}", render(&errors));
 }
 

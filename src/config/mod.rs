@@ -34,8 +34,9 @@ pub mod defaults {
     pub const MAX_BODY_BYTES: u64 = 1024 * 1024;
     pub const UPSTREAM_KEEPALIVE_POOL_SIZE: usize = 4096;
     pub const LOG_LEVEL: &str = "info";
-    /// The longest Genesys data-action timeout: a route deadline above it is never useful.
-    pub const MAX_ROUTE_TIMEOUT_MS: u64 = 60_000;
+    /// The longest route deadline: a second under the longest Genesys data-action timeout (60 s),
+    /// so the gateway's answer (a 504 at worst) reaches the caller before it gives up.
+    pub const MAX_ROUTE_TIMEOUT_MS: u64 = 59_000;
     pub const MAX_RETRIES: u32 = 10;
     pub const JWT_LEEWAY_SECS: u64 = 30;
     pub const JWT_MAX_LEEWAY_SECS: u64 = 300;

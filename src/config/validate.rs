@@ -270,7 +270,7 @@ fn database(
     let mut millis = |value: Option<u64>, default: u64, key: &str| {
         let ms = value.unwrap_or(default);
         if ms == 0 || ms > defaults::MAX_ROUTE_TIMEOUT_MS {
-            err(format!("{path}.{key}"), format!("{ms} must be between 1 and 60000"));
+            err(format!("{path}.{key}"), format!("{ms} must be between 1 and {}", defaults::MAX_ROUTE_TIMEOUT_MS));
             ok = false;
         }
         Duration::from_millis(ms)
@@ -542,7 +542,10 @@ fn upstream(name: &str, u: &schema::UpstreamSection, err: &mut impl FnMut(String
     }
     let connect_ms = u.connect_timeout_ms.unwrap_or(defaults::CONNECT_TIMEOUT_MS);
     if connect_ms == 0 || connect_ms > defaults::MAX_ROUTE_TIMEOUT_MS {
-        err(format!("{path}.connect_timeout_ms"), format!("{connect_ms} must be between 1 and 60000"));
+        err(
+            format!("{path}.connect_timeout_ms"),
+            format!("{connect_ms} must be between 1 and {}", defaults::MAX_ROUTE_TIMEOUT_MS),
+        );
         ok = false;
     }
     let circuit_breaker = u.circuit_breaker.as_ref().and_then(|b| circuit_breaker(&path, b, err));
@@ -737,15 +740,20 @@ fn route(
     if r.timeout_ms == 0 {
         err(
             format!("{path}.timeout_ms"),
-            "0 is not a deadline: give the whole-request deadline in ms (1 to 60000)".into(),
+            format!(
+                "0 is not a deadline: give the whole-request deadline in ms (1 to {})",
+                defaults::MAX_ROUTE_TIMEOUT_MS
+            ),
         );
         ok = false;
     } else if r.timeout_ms > defaults::MAX_ROUTE_TIMEOUT_MS {
         err(
             format!("{path}.timeout_ms"),
             format!(
-                "{} ms is above 60000, the longest Genesys data-action timeout: the caller would give up first",
-                r.timeout_ms
+                "{} ms is above {}: Genesys gives up on a data action after 60 s at the longest, and the \
+                 gateway's answer must reach it first",
+                r.timeout_ms,
+                defaults::MAX_ROUTE_TIMEOUT_MS
             ),
         );
         ok = false;
