@@ -31,6 +31,11 @@ impl DegradedAnswers {
         DegradedAnswers { status, bodies }
     }
 
+    /// Whether the route declares a degraded answer for `code`.
+    pub fn covers(&self, code: &str) -> bool {
+        self.bodies.iter().any(|(c, _)| *c == code)
+    }
+
     /// The degraded answer for `problem`, when the route declares one for its code.
     pub fn answer(&self, problem: &Problem, request_id: &HeaderValue) -> Option<(ResponseHeader, Bytes)> {
         let code = problem.code();

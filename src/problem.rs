@@ -41,6 +41,10 @@ pub enum Problem {
     UpstreamTimeout,
     #[error("upstream answer not as declared: {reason}")]
     UpstreamBadAnswer { reason: String },
+    /// The backend answered with a 5xx of its own. Raised only on a route whose `on_error` lists
+    /// `upstream_error`; anywhere else that answer passes through as the backend made it.
+    #[error("upstream answered {status}")]
+    UpstreamError { status: u16 },
     /// A backend's own failure answer (a SOAP Fault), mapped by the mediation's `faults`.
     #[error("{reason}")]
     Mapped { status: u16, code: &'static str, reason: String },
@@ -65,6 +69,9 @@ struct Entry {
 /// the gateway's protection of it, never a refusal of the caller.
 pub const DEGRADABLE_CODES: [&str; 5] =
     ["rate_limited", "backend_overloaded", "circuit_open", "upstream_timeout", "upstream_unavailable"];
+/// A backend's own 5xx answer (`Problem::UpstreamError`): degradable when a route lists it in
+/// `on_error.codes`, not by default (by default the backend's answer passes through).
+pub const UPSTREAM_ERROR: &str = "upstream_error";
 
 impl Problem {
     fn entry(&self) -> Entry {
@@ -88,6 +95,7 @@ impl Problem {
             Problem::UpstreamUnavailable { .. } => (502, "upstream_unavailable", "Upstream unavailable", true),
             Problem::UpstreamTimeout => (504, "upstream_timeout", "Upstream did not respond in time", true),
             Problem::UpstreamBadAnswer { .. } => (502, "upstream_bad_answer", "Upstream answer not understood", true),
+            Problem::UpstreamError { status } => (*status, UPSTREAM_ERROR, "Upstream answered with an error", true),
             Problem::Mapped { status, code: "not_found", .. } => (*status, "not_found", "Not found", false),
             Problem::Mapped { status, code, .. } => (*status, *code, "Backend answered with a fault", *status >= 500),
             Problem::InvalidInput { .. } => (400, "invalid_input", "Invalid input", false),
@@ -112,6 +120,7 @@ impl Problem {
             Problem::UpstreamTimeout
             | Problem::UpstreamUnavailable { .. }
             | Problem::UpstreamBadAnswer { .. }
+            | Problem::UpstreamError { .. }
             | Problem::CircuitOpen { .. }
             | Problem::BackendOverloaded => true,
             // A backend's fault about itself (a SOAP Server fault), not about the request.

@@ -783,7 +783,18 @@ impl ProxyHttp for SeawallProxy {
                 Error::explain(ErrorType::ReadTimedout, "route deadline passed while reading the answer").into_up()
             );
         }
-        ctx.upstream_status = Some(upstream_response.status.as_u16());
+        let status = upstream_response.status.as_u16();
+        ctx.upstream_status = Some(status);
+        // A route that degrades the backend's own 5xx answers (`on_error.codes: [upstream_error]`)
+        // answers with its degraded body instead (or a stale entry, as for any backend failure).
+        let degrades = || {
+            let route = &self.gateway.config.routes[ctx.route?];
+            route.on_error.as_ref().map(|d| d.covers(crate::problem::UPSTREAM_ERROR))
+        };
+        if status >= 500 && degrades() == Some(true) {
+            ctx.problem = Some(Problem::UpstreamError { status });
+            return Err(Error::explain(ErrorType::HTTPStatus(status), "upstream answered with an error").into_up());
+        }
         forwarding::strip_hop_by_hop(upstream_response);
         Ok(())
     }

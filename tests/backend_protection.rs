@@ -243,6 +243,7 @@ async fn on_error_turns_backend_failures_into_a_readable_200() {
     // A port nothing listens on: every call fails to connect.
     let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
     let backend = Backend::ok().await;
+    let failing = Backend::start(|_| Box::pin(async { common::json(500, r#"{"error":"ledger down"}"#) })).await;
     let gw = TestGateway::start(
         &format!(
             "{BASE}{}",
@@ -250,7 +251,18 @@ async fn on_error_turns_backend_failures_into_a_readable_200() {
 upstreams:
   dead: { targets: ["${DEAD}"] }
   crm: { targets: ["${BACKEND}"] }
+  ledger: { targets: ["${FAILING}"] }
 routes:
+  - id: ledger_degraded
+    match: { method: GET, path: "/ledger/degraded" }
+    upstream: ledger
+    timeout_ms: 1000
+    on_error: { codes: [upstream_error, upstream_unavailable], body: { balance: "" } }
+  - id: ledger_default
+    match: { method: GET, path: "/ledger/default" }
+    upstream: ledger
+    timeout_ms: 1000
+    on_error: { body: { balance: "" } }
   - id: degraded
     match: { method: GET, path: "/degraded" }
     upstream: dead
@@ -268,9 +280,19 @@ routes:
     on_error: { status: 200, codes: [rate_limited], body: { found: false } }
 "#
         ),
-        &[("DEAD", dead.to_string()), ("BACKEND", backend.addr.to_string())],
+        &[("DEAD", dead.to_string()), ("BACKEND", backend.addr.to_string()), ("FAILING", failing.addr.to_string())],
     );
     let client = reqwest::Client::new();
+    // The backend's own 500: degraded where the route lists `upstream_error`, else passed on.
+    let resp = client.get(gw.url("/ledger/degraded")).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(body, serde_json::json!({"balance": "", "gateway_status": "upstream_error"}));
+    let resp = client.get(gw.url("/ledger/default")).send().await.unwrap();
+    assert_eq!(resp.status(), 500, "not listed (the default codes): the backend's answer as it is");
+    assert_eq!(resp.text().await.unwrap(), r#"{"error":"ledger down"}"#);
+    assert_eq!(failing.received().len(), 2);
+
     let resp = client.get(gw.url("/degraded")).send().await.unwrap();
     assert_eq!(resp.status(), 200);
     assert!(resp.headers().contains_key("x-request-id"));

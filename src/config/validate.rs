@@ -809,6 +809,8 @@ fn on_error(
 ) -> Option<crate::degraded::DegradedAnswers> {
     let degradable: Vec<&'static str> =
         crate::problem::DEGRADABLE_CODES.iter().chain(mediation_failures).copied().collect();
+    // Listed only: by default a backend's own 5xx answer passes through as it is.
+    let listable: Vec<&'static str> = degradable.iter().copied().chain([crate::problem::UPSTREAM_ERROR]).collect();
     let path = format!("{path}.on_error");
     let mut ok = true;
     let status = o.status.unwrap_or(200);
@@ -832,10 +834,10 @@ fn on_error(
                 ok = false;
             }
             for (i, code) in listed.iter().enumerate() {
-                match degradable.iter().find(|c| **c == code.as_str()) {
+                match listable.iter().find(|c| **c == code.as_str()) {
                     Some(c) => codes.push(*c),
                     None => {
-                        err(format!("{path}.codes[{i}]"), format!("`{code}` is not one of {}", degradable.join(", ")));
+                        err(format!("{path}.codes[{i}]"), format!("`{code}` is not one of {}", listable.join(", ")));
                         ok = false;
                     }
                 }
