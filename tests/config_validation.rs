@@ -816,3 +816,26 @@ routes:
     }
     assert_eq!(errors.len(), 12, "reported:\n{}", render(&errors));
 }
+
+#[test]
+fn a_degraded_body_must_fit_a_data_action_output_contract() {
+    let nested = |levels: usize| format!("{}1{}", "{l: ".repeat(levels), "}".repeat(levels));
+    let config = |body: &str| {
+        format!(
+            r#"
+listeners: [{{ name: public, address: 127.0.0.1:8080 }}]
+admin: {{ address: 127.0.0.1:9090 }}
+upstreams: {{ crm: {{ targets: [127.0.0.1:9] }} }}
+routes:
+  - {{ id: r, match: {{ path: /r }}, upstream: crm, timeout_ms: 1000, on_error: {{ body: {body} }} }}
+"#
+        )
+    };
+    // 50 levels, the body being the first: fine. Arrays of objects holding arrays: fine.
+    let fits = format!("{{ deep: {}, rows: [{{ tags: [a, b] }}] }}", nested(48));
+    assert!(load(&config(&fits)).is_ok(), "{}", render(&errors_of(&config(&fits))));
+
+    let errors = errors_of(&config(&format!("{{ deep: {}, grid: [[1, 2]] }}", nested(49))));
+    assert_error(&errors, "routes[0].on_error.body.deep", &["deeper than 50 levels"]);
+    assert_error(&errors, "routes[0].on_error.body.grid", &["an array inside an array"]);
+}

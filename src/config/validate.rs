@@ -825,6 +825,14 @@ fn on_error(
         err(format!("{path}.body.gateway_status"), "is added by the gateway (the failure's code): leave it out".into());
         ok = false;
     }
+    // What a data action's output contract can hold (GENESYS.md): a body beyond it would take
+    // the flow's Failure path, the very thing the degraded answer is for.
+    for (key, value) in &o.body {
+        if let Err(why) = fits_output_contract(value, 2, false) {
+            err(format!("{path}.body.{key}"), why);
+            ok = false;
+        }
+    }
     let mut codes = Vec::new();
     match &o.codes {
         None => codes.extend(&degradable),
@@ -845,6 +853,24 @@ fn on_error(
         }
     }
     ok.then(|| crate::degraded::DegradedAnswers::new(status, &o.body, &codes))
+}
+
+/// Genesys data actions read JSON nested at most this deep.
+const MAX_OUTPUT_NESTING: usize = 50;
+
+/// Whether `value`, at nesting `depth` (the body itself is 1), fits a data action's output
+/// contract: at most [`MAX_OUTPUT_NESTING`] levels and no array directly inside an array.
+fn fits_output_contract(value: &serde_json::Value, depth: usize, in_array: bool) -> Result<(), String> {
+    use serde_json::Value;
+    match value {
+        _ if depth > MAX_OUTPUT_NESTING => {
+            Err(format!("nested deeper than {MAX_OUTPUT_NESTING} levels, which data actions cannot read"))
+        }
+        Value::Array(_) if in_array => Err("an array inside an array, which data actions cannot read".into()),
+        Value::Array(items) => items.iter().try_for_each(|item| fits_output_contract(item, depth + 1, true)),
+        Value::Object(fields) => fields.values().try_for_each(|field| fits_output_contract(field, depth + 1, false)),
+        _ => Ok(()),
+    }
 }
 
 /// Highest rate and burst a usage plan may name: beyond this a limit protects nothing.
