@@ -65,6 +65,16 @@ impl ListenerTls {
     /// Loads the listener's files; the error says which file is wrong and why.
     pub fn new(name: &str, config: &ListenerTlsConfig, metrics: Arc<Metrics>) -> Result<ListenerTls, String> {
         let current = ServerTls::load(name, config)?;
+        if let Some(auth) = &config.client_auth {
+            if auth.allowed_names.is_empty() && auth.pinned_sha256.is_empty() {
+                // Genesys may have its certificate signed by DigiCert, whose CA signs anyone's.
+                tracing::warn!(
+                    listener = name,
+                    "client certificates are checked against the CA only: any certificate it signs is accepted; \
+                     with a public CA (DigiCert) name the caller in `client_auth.allowed_names`"
+                );
+            }
+        }
         Ok(ListenerTls {
             name: name.to_string(),
             config: config.clone(),
