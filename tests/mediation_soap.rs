@@ -247,6 +247,18 @@ async fn soap12_body_inputs_stay_well_formed_and_sender_faults_map() {
     let response = client.post(gw.url("/notes")).body(r#"{"note": "refuse", "id": 8}"#).send().await.unwrap();
     assert_eq!(response.status(), 400);
     assert_eq!(problem_code(&response.text().await.unwrap()), "note_refused");
+
+    // Genesys may send the body chunked (GENESYS.md): the inputs are read across the chunks.
+    let request: &[&[u8]] = &[
+        b"POST /notes HTTP/1.1\r\nHost: gw\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n",
+        b"c\r\n{\"note\": \"ch\r\n",
+        b"13\r\nunked\", \"id\": \"42\"}\r\n0\r\n\r\n",
+    ];
+    let answer = common::raw_request(gw.addr, request, Duration::from_millis(20)).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let sent = backend.received().last().unwrap().clone();
+    let envelope = Document::parse(&sent.body, limits).expect("a well-formed envelope");
+    assert_eq!(envelope.select(Document::ROOT, &text), vec!["chunked"]);
 }
 
 #[tokio::test]
