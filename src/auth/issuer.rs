@@ -250,13 +250,8 @@ fn basic_credentials(value: &str) -> Option<Vec<(String, String)>> {
     let unescape =
         |s: &str| percent_encoding::percent_decode_str(&s.replace('+', " ")).decode_utf8().ok().map(|c| c.into_owned());
     let raw = (id.to_string(), secret.to_string());
-    let mut candidates = vec![raw];
-    if let (Some(id), Some(secret)) = (unescape(id), unescape(secret)) {
-        if candidates[0] != (id.clone(), secret.clone()) {
-            candidates.push((id, secret));
-        }
-    }
-    Some(candidates)
+    let decoded = unescape(id).zip(unescape(secret)).filter(|decoded| *decoded != raw);
+    Some([Some(raw), decoded].into_iter().flatten().collect())
 }
 
 /// A secret's digest for `secret_sha256` (hex).
