@@ -241,7 +241,7 @@ routes:
 #[tokio::test(flavor = "multi_thread")]
 async fn on_error_turns_backend_failures_into_a_readable_200() {
     // A port nothing listens on: every call fails to connect.
-    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let dead: std::net::SocketAddr = format!("127.0.0.1:{}", common::free_port()).parse().unwrap();
     let backend = Backend::ok().await;
     let failing = Backend::start(|_| Box::pin(async { common::json(500, r#"{"error":"ledger down"}"#) })).await;
     let gw = TestGateway::start(
@@ -308,7 +308,7 @@ routes:
 #[tokio::test(flavor = "multi_thread")]
 async fn the_retry_budget_keeps_a_failing_backend_from_being_hit_four_times_over() {
     // A backend that accepts and drops every connection: each attempt is one accept.
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let listener = common::bind_unreserved().await;
     let addr = listener.local_addr().unwrap();
     let accepts = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let counter = accepts.clone();

@@ -4,7 +4,7 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -142,7 +142,7 @@ async fn sighup_reloads_files_and_sigint_exits_fast() {
 
 #[test]
 fn an_address_in_use_is_exit_2_with_one_line() {
-    let busy = TcpListener::bind("127.0.0.1:0").unwrap();
+    let busy = common::listen_unreserved();
     let port = busy.local_addr().unwrap().port();
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(&dir, port, free_port(), "127.0.0.1:9".parse().unwrap(), 1);
@@ -427,7 +427,7 @@ async fn run_daemon_returns_once_serving_and_its_pid_file_goes_with_it() {
 
 #[test]
 fn run_daemon_that_cannot_start_exits_as_the_foreground_would() {
-    let busy = TcpListener::bind("127.0.0.1:0").unwrap();
+    let busy = common::listen_unreserved();
     let port = busy.local_addr().unwrap().port();
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(&dir, port, free_port(), "127.0.0.1:9".parse().unwrap(), 1);

@@ -32,16 +32,45 @@ listeners: [{ name: public, address: "127.0.0.1:${PORT}" }]
 admin: { address: "127.0.0.1:${ADMIN_PORT}" }
 "#;
 
+/// Ports handed out in this test binary, by [`free_port`] or to a [`Backend`].
+static GIVEN: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+    std::sync::Mutex::new(std::collections::BTreeSet::new());
+
+/// Takes `port` for this caller; `false` when someone in this test binary has it already.
+fn take_port(port: u16) -> bool {
+    GIVEN.lock().unwrap_or_else(|e| e.into_inner()).insert(port)
+}
+
 /// A free loopback port (bound, read, released), never the same twice in one test binary: the
 /// kernel may hand a just-released ephemeral port out again, and a listener and an admin port
 /// that collide make a config invalid.
 pub fn free_port() -> u16 {
-    static GIVEN: std::sync::Mutex<std::collections::BTreeSet<u16>> =
-        std::sync::Mutex::new(std::collections::BTreeSet::new());
     loop {
         let port = StdListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        if GIVEN.lock().unwrap_or_else(|e| e.into_inner()).insert(port) {
+        if take_port(port) {
             return port;
+        }
+    }
+}
+
+/// [`bind_unreserved`], blocking: a listener a test holds (a port in use, a server of its own).
+pub fn listen_unreserved() -> StdListener {
+    loop {
+        let listener = StdListener::bind("127.0.0.1:0").unwrap();
+        if take_port(listener.local_addr().unwrap().port()) {
+            return listener;
+        }
+    }
+}
+
+/// A loopback listener on a port no one else in this test binary holds. The kernel may give a
+/// fresh listener the port [`free_port`] just released for a gateway that has not bound it yet;
+/// that gateway would then fail to bind while its readiness check saw this listener's socket.
+pub async fn bind_unreserved() -> tokio::net::TcpListener {
+    loop {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        if take_port(listener.local_addr().unwrap().port()) {
+            return listener;
         }
     }
 }
@@ -175,7 +204,7 @@ impl Backend {
         tls: Option<openssl::ssl::SslAcceptor>,
     ) -> Backend {
         let tls = tls.map(Arc::new);
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let listener = bind_unreserved().await;
         let addr = listener.local_addr().unwrap();
         let received = Arc::new(Mutex::new(Vec::new()));
         let started = Arc::new(Mutex::new(0));
