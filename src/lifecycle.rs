@@ -168,20 +168,39 @@ pub fn exit_unless_listening(gateway: Arc<Gateway>, addresses: Vec<(String, Sock
     }
 }
 
-/// Whether a socket is in the LISTEN state on `address`, from the kernel's table
+/// Whether this process has a socket in the LISTEN state on `address`, from the kernel's table
 /// (`/proc/net/tcp`, `/proc/net/tcp6`): a readiness check that opens no connection, so a TLS
-/// listener logs no aborted handshake for it. `None` when the table cannot be read.
+/// listener logs no aborted handshake for it. Another process's socket on the address does not
+/// count: it would take a listener that failed to bind (the port taken since start-up's check)
+/// for ready. `None` when the table cannot be read.
 pub fn is_listening(address: SocketAddr) -> Option<bool> {
     let table = match address {
         SocketAddr::V4(_) => "/proc/net/tcp",
         SocketAddr::V6(_) => "/proc/net/tcp6",
     };
     let text = std::fs::read_to_string(table).ok()?;
-    Some(text.lines().skip(1).filter_map(listening_socket).any(|a| a == address))
+    let ours = own_socket_inodes();
+    Some(
+        text.lines()
+            .skip(1)
+            .filter_map(listening_socket)
+            .any(|(a, inode)| a == address && ours.as_ref().is_none_or(|ours| ours.contains(&inode))),
+    )
 }
 
-/// The local address of one `/proc/net/tcp{,6}` line when its socket listens.
-fn listening_socket(line: &str) -> Option<SocketAddr> {
+/// The inodes of this process's sockets (`/proc/self/fd` links read `socket:[INODE]`); `None`
+/// when they cannot be listed.
+fn own_socket_inodes() -> Option<std::collections::HashSet<u64>> {
+    let fds = std::fs::read_dir("/proc/self/fd").ok()?;
+    Some(
+        fds.filter_map(|fd| std::fs::read_link(fd.ok()?.path()).ok())
+            .filter_map(|link| link.to_str()?.strip_prefix("socket:[")?.strip_suffix(']')?.parse().ok())
+            .collect(),
+    )
+}
+
+/// The local address and socket inode of one `/proc/net/tcp{,6}` line when its socket listens.
+fn listening_socket(line: &str) -> Option<(SocketAddr, u64)> {
     const LISTEN: &str = "0A";
     let mut fields = line.split_whitespace().skip(1);
     let local = fields.next()?;
@@ -189,6 +208,8 @@ fn listening_socket(line: &str) -> Option<SocketAddr> {
     if state != LISTEN {
         return None;
     }
+    // After the state: queues, timer, retransmits, uid, timeout, then the inode.
+    let inode = fields.nth(5)?.parse().ok()?;
     let (ip, port) = local.split_once(':')?;
     let port = u16::from_str_radix(port, 16).ok()?;
     // The kernel prints each 32-bit word of the address in host (little-endian) order.
@@ -201,7 +222,7 @@ fn listening_socket(line: &str) -> Option<SocketAddr> {
         16 => <[u8; 16]>::try_from(bytes).ok()?.into(),
         _ => return None,
     };
-    Some(SocketAddr::new(ip, port))
+    Some((SocketAddr::new(ip, port), inode))
 }
 
 #[cfg(test)]
@@ -211,14 +232,14 @@ mod listen_table_tests {
     #[test]
     fn reads_listening_sockets_from_the_kernel_table() {
         let v4 = "   0: 0100007F:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 530 1";
-        assert_eq!(listening_socket(v4), Some("127.0.0.1:8080".parse().unwrap()));
+        assert_eq!(listening_socket(v4), Some(("127.0.0.1:8080".parse().unwrap(), 530)));
         let any = "   1: 00000000:20FB 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 531 1";
-        assert_eq!(listening_socket(any), Some("0.0.0.0:8443".parse().unwrap()));
+        assert_eq!(listening_socket(any), Some(("0.0.0.0:8443".parse().unwrap(), 531)));
         let established =
             "   2: 0100007F:1F90 0100007F:EB58 01 00000000:00000000 03:00000298 00000000     0        0 0 3";
         assert_eq!(listening_socket(established), None);
         let v6 = "   0: 00000000000000000000000001000000:1F90 00000000000000000000000000000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 1 1";
-        assert_eq!(listening_socket(v6), Some("[::1]:8080".parse().unwrap()));
+        assert_eq!(listening_socket(v6), Some(("[::1]:8080".parse().unwrap(), 1)));
     }
 
     #[test]
@@ -228,5 +249,25 @@ mod listen_table_tests {
         assert_eq!(is_listening(address), Some(true));
         drop(listener);
         assert_eq!(is_listening(address), Some(false));
+    }
+
+    #[test]
+    fn another_process_listening_on_the_address_does_not_count() {
+        use std::io::BufRead;
+        let listen = "import socket, sys, time\n\
+                      s = socket.socket(); s.bind(('127.0.0.1', 0)); s.listen()\n\
+                      print(s.getsockname()[1], flush=True); sys.stdin.read()";
+        let mut child = std::process::Command::new("python3")
+            .args(["-c", listen])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        let address: SocketAddr = format!("127.0.0.1:{}", line.trim()).parse().unwrap();
+        assert_eq!(is_listening(address), Some(false), "{address} listens in another process");
+        drop(child.stdin.take());
+        child.wait().unwrap();
     }
 }
