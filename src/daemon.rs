@@ -26,11 +26,10 @@ use nix::unistd::{fork, setsid, ForkResult, Pid};
 /// What the child writes to the parent once its listeners accept connections.
 const READY: &[u8] = b"ready\n";
 
-/// The pid file of this process, when it runs as a daemon (removed on exit).
-static PID_FILE: OnceLock<PathBuf> = OnceLock::new();
-/// The pid file, locked for the daemon's life: a second daemon started at the same moment finds
-/// it locked (the check before the fork only sees one that already wrote its pid).
-static PID_LOCK: OnceLock<Flock<File>> = OnceLock::new();
+/// The pid file of this process, when it runs as a daemon: removed on exit, and locked for the
+/// daemon's life (a second daemon started at the same moment finds it locked; the check before
+/// the fork only sees one that already wrote its pid).
+static PID_FILE: OnceLock<(PathBuf, Flock<File>)> = OnceLock::new();
 
 /// Where a daemon writes its pid and its log.
 pub struct DaemonFiles {
@@ -120,7 +119,7 @@ pub fn detach(files: &DaemonFiles) -> Result<Detached, StartError> {
 
 /// Removes the pid file, if this process wrote one. Called on every way out of a daemon.
 pub fn remove_pid_file() {
-    if let Some(path) = PID_FILE.get() {
+    if let Some((path, _lock)) = PID_FILE.get() {
         let _ = std::fs::remove_file(path);
     }
 }
@@ -174,8 +173,7 @@ fn write_pid_file(path: &Path) -> Result<(), StartError> {
         .map_err(|_| fault(format!("already running (pid file {} is locked)", path.display())))?;
     locked.set_len(0).map_err(unusable)?;
     (&*locked).write_all(format!("{}\n", std::process::id()).as_bytes()).map_err(unusable)?;
-    let _ = PID_LOCK.set(locked);
-    let _ = PID_FILE.set(path.to_path_buf());
+    let _ = PID_FILE.set((path.to_path_buf(), locked));
     Ok(())
 }
 

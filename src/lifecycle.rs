@@ -254,7 +254,7 @@ mod listen_table_tests {
     #[test]
     fn another_process_listening_on_the_address_does_not_count() {
         use std::io::BufRead;
-        let listen = "import socket, sys, time\n\
+        let listen = "import socket, sys\n\
                       s = socket.socket(); s.bind(('127.0.0.1', 0)); s.listen()\n\
                       print(s.getsockname()[1], flush=True); sys.stdin.read()";
         let mut child = std::process::Command::new("python3")

@@ -787,8 +787,11 @@ impl ProxyHttp for SeawallProxy {
         ctx.upstream_status = Some(status);
         // A route that degrades the backend's own 5xx answers (`on_error.codes: [upstream_error]`)
         // answers with its degraded body instead (or a stale entry, as for any backend failure).
-        let on_error = ctx.route.and_then(|r| self.gateway.config.routes[r].on_error.as_ref());
-        if status >= 500 && on_error.is_some_and(|d| d.covers(crate::problem::UPSTREAM_ERROR)) {
+        let degrades = |route: usize| {
+            let on_error = self.gateway.config.routes[route].on_error.as_ref();
+            on_error.is_some_and(|d| d.covers(crate::problem::UPSTREAM_ERROR))
+        };
+        if status >= 500 && ctx.route.is_some_and(degrades) {
             ctx.problem = Some(Problem::UpstreamError { status });
             return Err(Error::explain(ErrorType::HTTPStatus(status), "upstream answered with an error").into_up());
         }

@@ -29,6 +29,11 @@ impl Idp {
     }
 
     fn token(&self, claims: serde_json::Value) -> String {
+        self.token_signed(None, &self.private_pem, claims)
+    }
+
+    /// A token with `kid` in its header, signed by `key` (PEM), with the usual claims.
+    fn token_signed(&self, kid: Option<&str>, key: &[u8], claims: serde_json::Value) -> String {
         let now = jsonwebtoken::get_current_timestamp();
         let mut c = serde_json::json!({
             "iss": ISSUER, "aud": "api://ivr-data-dips", "sub": "genesys", "azp": "genesys",
@@ -37,8 +42,9 @@ impl Idp {
         for (k, v) in claims.as_object().unwrap() {
             c[k] = v.clone();
         }
-        jsonwebtoken::encode(&Header::new(Algorithm::RS256), &c, &EncodingKey::from_rsa_pem(&self.private_pem).unwrap())
-            .unwrap()
+        let mut header = Header::new(Algorithm::RS256);
+        header.kid = kid.map(String::from);
+        jsonwebtoken::encode(&header, &c, &EncodingKey::from_rsa_pem(key).unwrap()).unwrap()
     }
 }
 
@@ -217,16 +223,7 @@ async fn a_jwks_file_provider_picks_the_key_by_kid() {
     let gw =
         TestGateway::start(&config, &[("BACKEND", backend.addr.to_string()), ("JWKS", path.display().to_string())]);
     let client = reqwest::Client::new();
-    let with_kid = |kid: &str, key: &[u8]| {
-        let now = jsonwebtoken::get_current_timestamp();
-        let claims = serde_json::json!({
-            "iss": ISSUER, "aud": "api://ivr-data-dips", "sub": "genesys", "iat": now - 5, "exp": now + 600,
-            "scp": ["ivr.read"]
-        });
-        let mut header = Header::new(Algorithm::RS256);
-        header.kid = Some(kid.to_string());
-        jsonwebtoken::encode(&header, &claims, &EncodingKey::from_rsa_pem(key).unwrap()).unwrap()
-    };
+    let with_kid = |kid: &str, key: &[u8]| idp.token_signed(Some(kid), key, serde_json::json!({}));
 
     let resp = client.get(gw.url("/accounts/1")).bearer_auth(with_kid("k1", &idp.private_pem)).send().await.unwrap();
     assert_eq!(resp.status(), 200);

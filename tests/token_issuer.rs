@@ -71,6 +71,11 @@ fn payload(token: &str) -> serde_json::Value {
 
 /// A gateway with the issuer and a route that accepts its tokens (the keys live as long as it).
 async fn start() -> (Keys, Backend, TestGateway) {
+    start_with(CONFIG).await
+}
+
+/// [`start`] with another config (`CONFIG` with changes).
+async fn start_with(config: &str) -> (Keys, Backend, TestGateway) {
     let keys = Keys::new();
     let backend = Backend::ok().await;
     let vars = [
@@ -79,7 +84,7 @@ async fn start() -> (Keys, Backend, TestGateway) {
         ("SECRET", SECRET.to_string()),
         ("BACKEND", backend.addr.to_string()),
     ];
-    let gw = TestGateway::start(CONFIG, &vars);
+    let gw = TestGateway::start(config, &vars);
     (keys, backend, gw)
 }
 
@@ -190,15 +195,7 @@ async fn bad_clients_get_rfc6749_errors_then_429() {
 /// others.
 #[tokio::test(flavor = "multi_thread")]
 async fn behind_a_trusted_proxy_the_throttle_keys_on_the_caller() {
-    let keys = Keys::new();
-    let backend = Backend::ok().await;
-    let vars = [
-        ("KEY", keys.path("issuer.pem")),
-        ("PUB", keys.path("issuer.pub.pem")),
-        ("SECRET", SECRET.to_string()),
-        ("BACKEND", backend.addr.to_string()),
-    ];
-    let gw = TestGateway::start(&format!("trusted_proxies: [127.0.0.0/8]\n{CONFIG}"), &vars);
+    let (_keys, _backend, gw) = start_with(&format!("trusted_proxies: [127.0.0.0/8]\n{CONFIG}")).await;
     let client = reqwest::Client::new();
     let ask = |caller: &'static str, secret: &'static str| {
         let req = client

@@ -157,6 +157,15 @@ impl Received {
 pub type Reply = Pin<Box<dyn Future<Output = Response<Full<Bytes>>> + Send>>;
 type Handler = Arc<dyn Fn(&Received) -> Reply + Send + Sync>;
 
+/// A TLS server's settings with `cert` (Mozilla's intermediate profile).
+fn tls_acceptor(cert: &certs::Issued) -> openssl::ssl::SslAcceptorBuilder {
+    use openssl::ssl::{SslAcceptor, SslMethod};
+    let mut acceptor = SslAcceptor::mozilla_intermediate_v5(SslMethod::tls_server()).unwrap();
+    acceptor.set_certificate(&cert.cert).unwrap();
+    acceptor.set_private_key(&cert.key).unwrap();
+    acceptor
+}
+
 /// A real HTTP/1.1 backend on an ephemeral loopback port that records complete requests.
 pub struct Backend {
     pub addr: SocketAddr,
@@ -176,11 +185,7 @@ impl Backend {
         handler: impl Fn(&Received) -> Reply + Send + Sync + 'static,
         cert: &certs::Issued,
     ) -> Backend {
-        use openssl::ssl::{SslAcceptor, SslMethod};
-        let mut acceptor = SslAcceptor::mozilla_intermediate_v5(SslMethod::tls_server()).unwrap();
-        acceptor.set_certificate(&cert.cert).unwrap();
-        acceptor.set_private_key(&cert.key).unwrap();
-        Backend::start_with(handler, Some(acceptor.build())).await
+        Backend::start_with(handler, Some(tls_acceptor(cert).build())).await
     }
 
     /// The same, but the handshake fails unless the client presents a certificate that chains
@@ -190,10 +195,8 @@ impl Backend {
         cert: &certs::Issued,
         client_ca: &certs::Issued,
     ) -> Backend {
-        use openssl::ssl::{SslAcceptor, SslMethod, SslVerifyMode};
-        let mut acceptor = SslAcceptor::mozilla_intermediate_v5(SslMethod::tls_server()).unwrap();
-        acceptor.set_certificate(&cert.cert).unwrap();
-        acceptor.set_private_key(&cert.key).unwrap();
+        use openssl::ssl::SslVerifyMode;
+        let mut acceptor = tls_acceptor(cert);
         acceptor.cert_store_mut().add_cert(client_ca.cert.clone()).unwrap();
         acceptor.set_verify(SslVerifyMode::PEER | SslVerifyMode::FAIL_IF_NO_PEER_CERT);
         Backend::start_with(handler, Some(acceptor.build())).await
